@@ -1,0 +1,1 @@
+"""Diagnostics: convergence, calibration, coverage, reports (``ppl.diagnostics``)."""

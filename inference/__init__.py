@@ -1,0 +1,1 @@
+"""ppl's inference engines (installed as ``ppl.inference``)."""

@@ -1,0 +1,1 @@
+"""Amortized engines (installed as ``ppl.inference.amortized``)."""

@@ -1,0 +1,1 @@
+"""Language-model inference-time scaling (installed as ``ppl.inference.llm``)."""

@@ -1,0 +1,395 @@
+"""The NUTS/HMC driver behind ``ppl.infer(model, method="nuts" | "hmc")``.
+
+Chains run vectorised (``vmap``), warm-up and sampling share one ``lax.scan`` (so the
+kernel is compiled once), and when several devices are visible the chain axis is sharded
+over them. The model is an *argument* of the compiled program, so a second data set of
+the same shapes, or a second call with other keys, reuses the compiled program.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppl.model import AbstractModel
+from ppl.posterior import Posterior
+from ppl.progress import ProgressBar, progress_callback
+from ppl.inference.mcmc import kernels
+from ppl.inference.mcmc.adaptation import warmup_schedule, window_adaptation
+
+__all__ = ["sample", "sample_nuts", "sample_hmc", "find_initial_positions"]
+
+
+class _Settings(NamedTuple):
+    algorithm: str
+    num_chains: int
+    num_warmup: int
+    num_samples: int
+    thinning: int
+    target_accept: float
+    dense_mass: bool
+    max_tree_depth: int
+    num_integration_steps: int
+    initial_step_size: float
+    progress: bool
+
+
+class _ChainState(NamedTuple):
+    kernel_state: Any
+    adaptation_state: Any
+
+
+# -- initialisation ---------------------------------------------------------------------------
+
+
+@eqx.filter_jit
+def _evaluate_candidates(model, candidates):
+    value, grad = jax.vmap(jax.value_and_grad(model.log_density))(candidates)
+    ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad), axis=-1)
+    return value, ok
+
+
+def find_initial_positions(key, model: AbstractModel, num_chains: int, num_tries: int = 100):
+    """One starting point per chain where the log-density and its gradient are finite.
+
+    Draws ``num_tries`` candidates per chain from ``model.init_position`` and keeps the
+    first valid one; raises a ``ValueError`` naming the problem if a chain has none.
+    """
+    keys = jax.random.split(key, num_chains * num_tries)
+    candidates = jax.vmap(model.init_position)(keys)
+    value, ok = _evaluate_candidates(model, candidates)
+    ok = np.asarray(ok).reshape(num_chains, num_tries)
+    if not ok.any():
+        bad = np.asarray(value)[:5]
+        raise ValueError(
+            f"The log-density (or its gradient) is NaN or -inf at all {num_chains * num_tries} "
+            f"initial points tried (first values: {bad}). Check the model: priors whose support "
+            "does not contain the data, parameters used outside their constraint, or NaN in data."
+        )
+    first = np.argmax(ok, axis=1)
+    missing = np.flatnonzero(~ok.any(axis=1))
+    if missing.size:
+        # A chain without a valid candidate borrows a valid one from the whole pool.
+        pool = np.flatnonzero(ok.reshape(-1))
+        flat_idx = np.arange(num_chains) * num_tries + first
+        flat_idx[missing] = pool[np.arange(missing.size) % pool.size]
+    else:
+        flat_idx = np.arange(num_chains) * num_tries + first
+    return candidates[flat_idx]
+
+
+# -- the compiled run -------------------------------------------------------------------------
+
+
+def _build_step(model, settings: _Settings):
+    if settings.algorithm == "nuts":
+
+        def kernel(key, state, step_size, imm):
+            algo = kernels.nuts(
+                model, step_size=step_size, inverse_mass_matrix=imm,
+                max_num_doublings=settings.max_tree_depth,
+            )
+            return algo.step(key, state)
+
+        def init(position):
+            return kernels.nuts(model, step_size=1.0, inverse_mass_matrix=None).init(position)
+    else:
+
+        def kernel(key, state, step_size, imm):
+            algo = kernels.hmc(
+                model, step_size=step_size, inverse_mass_matrix=imm,
+                num_integration_steps=settings.num_integration_steps,
+            )
+            return algo.step(key, state)
+
+        def init(position):
+            return kernels.hmc(model, step_size=1.0, inverse_mass_matrix=None).init(position)
+
+    return init, kernel
+
+
+def _info_stats(settings: _Settings, info, state, step_size) -> dict[str, jax.Array]:
+    stats = {
+        "acceptance_rate": info.acceptance_rate,
+        "diverging": info.is_divergent,
+        "energy": info.energy,
+        "step_size": step_size,
+        "lp": state.logdensity,
+    }
+    if settings.algorithm == "nuts":
+        stats["tree_depth"] = info.num_trajectory_expansions
+        stats["n_steps"] = jnp.asarray(info.num_integration_steps, jnp.int32)
+    else:
+        stats["n_steps"] = jnp.asarray(settings.num_integration_steps, jnp.int32)
+    return stats
+
+
+@eqx.filter_jit
+def _run(model, keys, positions, schedule, settings: _Settings):
+    init, kernel = _build_step(model, settings)
+    adapt_init, adapt_update, adapt_final = window_adaptation(
+        not settings.dense_mass, settings.target_accept
+    )
+    num_warmup = settings.num_warmup
+
+    def init_chain(position):
+        return _ChainState(
+            init(position), adapt_init(position.shape[0], settings.initial_step_size)
+        )
+
+    def chain_step(key, chain, i, is_slow, is_window_end):
+        adapt = chain.adaptation_state
+        state, info = kernel(key, chain.kernel_state, adapt.step_size, adapt.inverse_mass_matrix)
+        in_warmup = i < num_warmup
+        new_adapt = jax.lax.cond(
+            in_warmup,
+            lambda a: adapt_update(a, is_slow, is_window_end, state.position, info.acceptance_rate),
+            lambda a: a,
+            adapt,
+        )
+        # At the end of warm-up, fix the averaged step size for sampling.
+        step_size, imm = adapt_final(new_adapt)
+        new_adapt = jax.lax.cond(
+            i == num_warmup - 1,
+            lambda a: a._replace(step_size=step_size, inverse_mass_matrix=imm),
+            lambda a: a,
+            new_adapt,
+        )
+        stats = _info_stats(settings, info, state, adapt.step_size)
+        return _ChainState(state, new_adapt), (state.position, stats)
+
+    def scan_step(carry, xs):
+        chains, key = carry
+        i, is_slow, is_window_end = xs
+        key, step_key = jax.random.split(key)
+        chain_keys = jax.random.split(step_key, settings.num_chains)
+        chains, out = jax.vmap(chain_step, in_axes=(0, 0, None, None, None))(
+            chain_keys, chains, i, is_slow, is_window_end
+        )
+        if settings.progress:
+            progress_callback(i, total)
+        return (chains, key), out
+
+    chains = jax.vmap(init_chain)(positions)
+    total = num_warmup + settings.num_samples * settings.thinning
+    steps = jnp.arange(total)
+    (chains, _), (positions_out, stats) = jax.lax.scan(
+        scan_step, (chains, keys), (steps, *schedule)
+    )
+    # (step, chain, ...) -> (chain, step, ...), sampling phase only, thinned.
+    keep = slice(num_warmup, total, settings.thinning)
+    positions_out = jnp.swapaxes(positions_out[keep], 0, 1)
+    sample_stats = {k: jnp.swapaxes(v[keep], 0, 1) for k, v in stats.items()}
+    num_gradient_evals = jnp.sum(stats["n_steps"])
+    return positions_out, sample_stats, num_gradient_evals, chains.adaptation_state
+
+
+@eqx.filter_jit
+def _constrain(model, z):
+    values = jax.vmap(jax.vmap(model.to_constrained))(z)
+    return values
+
+
+@eqx.filter_jit
+def _pointwise(model, z):
+    return jax.vmap(jax.vmap(model.pointwise_log_likelihood))(z)
+
+
+def _shard_chains(x):
+    """Place the leading (chain) axis across devices when there are several."""
+    devices = jax.devices()
+    if len(devices) < 2 or x.shape[0] % len(devices):
+        return x
+    mesh = jax.sharding.Mesh(np.array(devices), ("chain",))
+    spec = jax.sharding.PartitionSpec("chain")
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, AbstractModel):
+        raise TypeError(
+            f"Expected a ppl Model (from ppl.from_numpyro or ppl.from_logdensity), "
+            f"got {type(model).__name__}."
+        )
+    if model.discrete_sites:
+        raise ValueError(
+            f"NUTS/HMC need continuous latents; discrete site(s) {list(model.discrete_sites)}: "
+            "marginalise them or use SMC."
+        )
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"Expected {name} to be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _warn_on_problems(post_samples: dict, stats: dict, meta: dict, z_draws: np.ndarray) -> list[str]:
+    """Warn about divergences and R-hat > 1.01, naming the parameters involved."""
+    from ppl import arviz_bridge
+
+    messages = []
+    diverging = np.asarray(stats["diverging"]).astype(bool)
+    num_div = int(diverging.sum())
+    if num_div:
+        # The parameters whose divergent draws sit furthest from the rest (in sds).
+        scores = []
+        for name, x in post_samples.items():
+            flat = x.reshape(x.shape[0] * x.shape[1], -1)
+            d = diverging.reshape(-1)
+            sd = flat.std(axis=0) + 1e-12
+            shift = np.abs(flat[d].mean(axis=0) - flat.mean(axis=0)) / sd
+            scores.append((float(shift.max()), name))
+        involved = [n for _, n in sorted(scores, reverse=True)[:3]]
+        messages.append(
+            f"{num_div} divergent transition(s) after warm-up ({num_div / diverging.size:.1%}); "
+            f"most involved: {', '.join(involved)}. The posterior may be biased: try "
+            "target_accept=0.95 or a non-centred parameterisation."
+        )
+    if diverging.shape[0] > 1:
+        bad = []
+        for name, x in post_samples.items():
+            r = np.atleast_1d(arviz_bridge.rhat(x.reshape(x.shape[:2] + (-1,))))
+            if np.any(r > 1.01):
+                bad.append(f"{name} ({np.nanmax(r):.3f})")
+        if bad:
+            messages.append(
+                f"R-hat > 1.01 for {', '.join(bad)}: the chains have not mixed; run longer or "
+                "reparameterise."
+            )
+    for message in messages:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return messages
+
+
+def sample(
+    key,
+    model: AbstractModel,
+    *,
+    algorithm: str = "nuts",
+    num_chains: int = 4,
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    thinning: int = 1,
+    target_accept: float = 0.8,
+    dense_mass: bool = False,
+    max_tree_depth: int = 10,
+    num_integration_steps: int = 16,
+    initial_step_size: float = 1.0,
+    initial_position: Any = None,
+    progress_bar: bool | None = None,
+    log_likelihood: bool | None = None,
+    warn: bool = True,
+) -> Posterior:
+    """Run NUTS (or HMC) with Stan's windowed adaptation on ``num_chains`` chains.
+
+    Args:
+        key: a JAX PRNG key.
+        model: a ppl Model.
+        algorithm: "nuts" or "hmc".
+        num_chains, num_warmup, num_samples, thinning: run length (per chain).
+        target_accept: dual-averaging target acceptance rate.
+        dense_mass: adapt a dense (True) or diagonal (False) inverse mass matrix.
+        max_tree_depth: NUTS's maximum number of doublings.
+        num_integration_steps: HMC's leapfrog steps per transition.
+        initial_step_size: where dual averaging starts.
+        initial_position: optional ``(num_chains, dim)`` or ``(dim,)`` unconstrained start.
+        progress_bar: show a progress bar (default: when stderr is a terminal).
+        log_likelihood: store pointwise log-likelihood (default: when it is small).
+        warn: emit warnings on divergences and R-hat > 1.01.
+
+    Returns:
+        A :class:`~ppl.Posterior` with draws shaped ``(chain, draw, ...)`` and per-draw
+        stats ``acceptance_rate, diverging, energy, step_size, lp, tree_depth, n_steps``.
+    """
+    _check_model(model)
+    if algorithm not in ("nuts", "hmc"):
+        raise ValueError(f"Expected algorithm 'nuts' or 'hmc', got {algorithm!r}.")
+    num_chains = _positive_int("num_chains", num_chains)
+    num_warmup = _positive_int("num_warmup", num_warmup, 0)
+    num_samples = _positive_int("num_samples", num_samples)
+    thinning = _positive_int("thinning", thinning)
+    if not 0.0 < float(target_accept) < 1.0:
+        raise ValueError(f"Expected target_accept in (0, 1), got {target_accept!r}.")
+    progress = ProgressBar.wanted(progress_bar)
+    settings = _Settings(
+        algorithm, num_chains, num_warmup, num_samples, thinning, float(target_accept),
+        bool(dense_mass), int(max_tree_depth), int(num_integration_steps),
+        float(initial_step_size), progress,
+    )
+    start = time.perf_counter()
+    init_key, run_key = jax.random.split(key)
+    if initial_position is None:
+        positions = find_initial_positions(init_key, model, num_chains)
+    else:
+        positions = jnp.asarray(initial_position, dtype=jnp.result_type(float))
+        if positions.shape == (model.dim,):
+            positions = jnp.broadcast_to(positions, (num_chains, model.dim))
+        if positions.shape != (num_chains, model.dim):
+            raise ValueError(
+                f"Expected initial_position of shape ({num_chains}, {model.dim}) or "
+                f"({model.dim},), got {positions.shape}."
+            )
+    positions = _shard_chains(positions)
+    is_slow, is_end = warmup_schedule(num_warmup)
+    total = num_warmup + num_samples * thinning
+    pad = total - num_warmup
+    schedule = (
+        jnp.asarray(np.concatenate([is_slow, np.zeros(pad, np.int32)])),
+        jnp.asarray(np.concatenate([is_end, np.zeros(pad, bool)])),
+    )
+    with ProgressBar(total if progress else 0, desc=algorithm.upper()):
+        z, stats, num_grads, adaptation = _run(model, run_key, positions, schedule, settings)
+        z = jax.block_until_ready(z)
+    values = _constrain(model, z)
+    samples = {k: np.asarray(v) for k, v in values.items()}
+    stats = {k: np.asarray(v) for k, v in stats.items()}
+    pointwise = None
+    obs_size = _pointwise_size(model, z)
+    if log_likelihood or (log_likelihood is None and 0 < obs_size <= 5_000_000):
+        pw = _pointwise(model, z)
+        pointwise = {k: np.asarray(v) for k, v in pw.items()} if pw else None
+    wall = time.perf_counter() - start
+    meta = {
+        "engine": algorithm,
+        "settings": settings._asdict(),
+        "wall_time": wall,
+        "num_gradient_evals": int(num_grads),
+        "step_size": np.asarray(adaptation.step_size).tolist(),
+        "num_devices": len(jax.devices()),
+    }
+    meta["warnings"] = _warn_on_problems(samples, stats, meta, np.asarray(z)) if warn else []
+    return Posterior(
+        samples=samples,
+        stats=stats,
+        meta=meta,
+        log_likelihood=pointwise,
+        unconstrained=np.asarray(z),
+    )
+
+
+def _pointwise_size(model, z) -> int:
+    try:
+        shapes = jax.eval_shape(model.pointwise_log_likelihood, z[0, 0])
+    except Exception:  # a model without pointwise terms
+        return 0
+    if not shapes:
+        return 0
+    per_draw = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
+    return per_draw * z.shape[0] * z.shape[1]
+
+
+def sample_nuts(key, model, **settings) -> Posterior:
+    """``ppl.infer(..., method="nuts")``: see :func:`sample`."""
+    return sample(key, model, algorithm="nuts", **settings)
+
+
+def sample_hmc(key, model, **settings) -> Posterior:
+    """``ppl.infer(..., method="hmc")``: see :func:`sample`."""
+    return sample(key, model, algorithm="hmc", **settings)

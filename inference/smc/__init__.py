@@ -1,0 +1,1 @@
+"""Sequential Monte Carlo (installed as ``ppl.inference.smc``)."""

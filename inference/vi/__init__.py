@@ -1,0 +1,1 @@
+"""Variational engines (installed as ``ppl.inference.vi``)."""

@@ -1,0 +1,31 @@
+"""ppl: probabilistic programming and approximate inference in JAX.
+
+Write a model once (NumPyro's language or a plain JAX log-density), run any engine on it
+through :func:`ppl.infer`, and check the answer with :mod:`ppl.diagnostics`.
+"""
+
+from ppl import config as _config
+from ppl.infer import infer
+from ppl.model import AbstractModel, LogDensityModel, from_logdensity
+from ppl.numpyro_model import NumPyroModel, from_numpyro
+from ppl.posterior import Posterior, load
+from ppl.registry import available_engines, register_engine
+
+Model = AbstractModel
+
+_config.enable_compilation_cache()
+
+__all__ = [
+    "AbstractModel",
+    "LogDensityModel",
+    "Model",
+    "NumPyroModel",
+    "Posterior",
+    "available_engines",
+    "from_logdensity",
+    "from_numpyro",
+    "infer",
+    "load",
+    "register_engine",
+]
+__version__ = "0.1.0"

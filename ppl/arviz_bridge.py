@@ -1,0 +1,136 @@
+"""Everything ppl asks of ArviZ, behind one module.
+
+ArviZ 0.x (Python 3.11) and 1.x (Python >= 3.12) differ (``from_dict``, the summary
+columns, the InferenceData/DataTree container). Keeping every call here makes the move to
+the newer set one change.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from ppl.posterior import Posterior, encode_meta
+
+__all__ = ["to_inference_data", "summary", "save", "load", "rhat", "ess"]
+
+_HISTORY_GROUP = "ppl_history"
+
+
+def _az():
+    import arviz as az
+
+    return az
+
+
+def to_inference_data(post: Posterior):
+    az = _az()
+    stats = dict(post.stats)
+    if post.log_weights is not None:
+        stats["log_weight"] = post.log_weights
+    attrs = {"ppl_meta": encode_meta(post.meta)}
+    if post.log_evidence is not None:
+        attrs["log_evidence"] = post.log_evidence
+    idata = az.from_dict(
+        posterior=post.samples,
+        sample_stats=stats or None,
+        log_likelihood=post.log_likelihood or None,
+    )
+    idata.posterior.attrs.update(attrs)
+    if post.history:
+        import xarray as xr
+
+        data_vars = {}
+        for name, value in post.history.items():
+            dims = [f"{name}_dim_{i}" for i in range(np.ndim(value))]
+            data_vars[name] = (dims, np.asarray(value))
+        idata.add_groups({_HISTORY_GROUP: xr.Dataset(data_vars)}, warn_on_custom_groups=False)
+    return idata
+
+
+def rhat(samples: np.ndarray) -> np.ndarray:
+    """Rank-normalised split R-hat of ``(chain, draw, ...)`` draws, per scalar."""
+    az = _az()
+    return np.asarray(az.rhat(az.convert_to_dataset(np.asarray(samples)))["x"])
+
+
+def ess(samples: np.ndarray, method: str = "bulk") -> np.ndarray:
+    """Effective sample size of ``(chain, draw, ...)`` draws, per scalar."""
+    az = _az()
+    ds = az.convert_to_dataset(np.asarray(samples))
+    return np.asarray(az.ess(ds, method=method)["x"])
+
+
+def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    order = np.argsort(x)
+    cw = np.cumsum(w[order])
+    return float(x[order][min(np.searchsorted(cw, q * cw[-1]), len(x) - 1)])
+
+
+def summary(post: Posterior, hdi_prob: float = 0.94) -> pd.DataFrame:
+    if post.log_weights is None:
+        az = _az()
+        return az.summary(to_inference_data(post), hdi_prob=hdi_prob)
+    # Weighted draws: moments, central interval and Kish ESS.
+    w = post.weights.reshape(-1)
+    kish = 1.0 / np.sum(w**2)
+    lo, hi = (1 - hdi_prob) / 2, 1 - (1 - hdi_prob) / 2
+    rows = {}
+    for name in post.samples:
+        x = post.flat(name).reshape(w.size, -1)
+        shape = post.samples[name].shape[2:]
+        for j in range(x.shape[1]):
+            label = name if not shape else f"{name}[{', '.join(map(str, np.unravel_index(j, shape)))}]"
+            m = float(np.sum(w * x[:, j]))
+            sd = float(np.sqrt(np.sum(w * (x[:, j] - m) ** 2)))
+            rows[label] = {
+                "mean": m,
+                "sd": sd,
+                f"eti_{lo:.0%}": _weighted_quantile(x[:, j], w, lo),
+                f"eti_{hi:.0%}": _weighted_quantile(x[:, j], w, hi),
+                "mcse_mean": sd / np.sqrt(kish),
+                "ess_kish": kish,
+            }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def save(post: Posterior, path) -> None:
+    idata = to_inference_data(post)
+    idata.to_netcdf(str(path))
+
+
+def load(path) -> Posterior:
+    az = _az()
+    idata = az.from_netcdf(str(path))
+    posterior = idata.posterior
+    samples = {name: np.asarray(posterior[name].values) for name in posterior.data_vars}
+    stats, log_weights = {}, None
+    if "sample_stats" in idata.groups():
+        for name in idata.sample_stats.data_vars:
+            value = np.asarray(idata.sample_stats[name].values)
+            if name == "log_weight":
+                log_weights = value
+            else:
+                stats[name] = value
+    log_likelihood = None
+    if "log_likelihood" in idata.groups():
+        ll = idata.log_likelihood
+        log_likelihood = {name: np.asarray(ll[name].values) for name in ll.data_vars}
+    history = {}
+    if _HISTORY_GROUP in idata.groups():
+        group = getattr(idata, _HISTORY_GROUP)
+        history = {name: np.asarray(group[name].values) for name in group.data_vars}
+    attrs = dict(posterior.attrs)
+    meta = json.loads(attrs.get("ppl_meta", "{}"))
+    log_evidence = attrs.get("log_evidence")
+    return Posterior(
+        samples=samples,
+        log_weights=log_weights,
+        log_evidence=None if log_evidence is None else float(log_evidence),
+        stats=stats,
+        history=history,
+        meta=meta,
+        log_likelihood=log_likelihood,
+    )

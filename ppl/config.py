@@ -1,0 +1,38 @@
+"""Process-wide settings ppl applies on import: JAX's persistent compilation cache.
+
+Compilation is what users wait for on a CPU, so ppl turns JAX's persistent cache on by
+default in a user cache directory. ``PPL_COMPILATION_CACHE=0`` turns it off;
+``PPL_CACHE_DIR`` moves it; an explicit ``JAX_COMPILATION_CACHE_DIR`` wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+__all__ = ["enable_compilation_cache", "cache_dir"]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("PPL_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ppl"
+    )
+    return Path(base) / "jax"
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Turn on JAX's persistent compilation cache (returns the directory, or None if off)."""
+    if os.environ.get("PPL_COMPILATION_CACHE", "1") == "0":
+        return None
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
+    directory = Path(path) if path is not None else cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: run without the cache
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return directory

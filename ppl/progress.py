@@ -1,0 +1,69 @@
+"""Progress bars for compiled loops that do not slow them down.
+
+A compiled loop calls :func:`progress_callback` with its step index; the host side
+advances the active bar only about a hundred times per run, so the device never waits on
+the host for long. Bars are off when stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["ProgressBar", "progress_callback"]
+
+_ACTIVE: list[ProgressBar] = []
+_NUM_UPDATES = 100
+
+
+class ProgressBar:
+    """Context manager that owns the bar a compiled loop reports to."""
+
+    def __init__(self, total: int, desc: str = ""):
+        self.total = int(total)
+        self.desc = desc
+        self._bar = None
+
+    @staticmethod
+    def wanted(progress_bar: bool | None) -> bool:
+        """Explicit choice, else on only when stderr is a terminal."""
+        if progress_bar is None:
+            return bool(getattr(sys.stderr, "isatty", lambda: False)())
+        return bool(progress_bar)
+
+    def __enter__(self):
+        if self.total > 0:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total, desc=self.desc, leave=True, dynamic_ncols=True)
+            _ACTIVE.append(self)
+        return self
+
+    def update_to(self, step: int) -> None:
+        if self._bar is not None:
+            self._bar.update(max(0, min(step, self.total) - self._bar.n))
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self.update_to(self.total)
+            self._bar.close()
+            _ACTIVE.remove(self)
+        return False
+
+
+def _host_update(step, every):
+    if _ACTIVE:
+        _ACTIVE[-1].update_to(int(step) + int(every))
+
+
+def progress_callback(step, num_steps: int | None = None) -> None:
+    """Call inside a compiled loop at every step; reports every ~1% of ``num_steps``."""
+    every = max(1, (num_steps or 1000) // _NUM_UPDATES)
+    jax.lax.cond(
+        step % every == 0,
+        lambda s: jax.debug.callback(_host_update, s, every, ordered=False),
+        lambda s: None,
+        step,
+    )

@@ -1,0 +1,175 @@
+"""The adapter's contract: cache equals recompute, padding and reordering are invisible."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ppl.models import lm
+from ppl.token_adapter import AbstractTokenModel
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module", params=["gpt2_dir", "qwen2_dir"])
+def model(request):
+    path, _ = request.getfixturevalue(request.param)
+    return lm.load(path)
+
+
+def _padded(rng, lengths, width, vocab):
+    # Padding holds random tokens rather than zeros, so that leaking it would show.
+    return rng.integers(0, vocab, size=(len(lengths), width)), np.asarray(lengths)
+
+
+def test_is_a_token_model(model):
+    assert isinstance(model, AbstractTokenModel)
+
+
+def test_incremental_decoding_equals_full_recompute(model):
+    rng = np.random.default_rng(0)
+    sequences = rng.integers(0, model.vocab_size, size=(2, 16))
+    full = np.asarray(model.log_probs(sequences))
+    extend = eqx.filter_jit(lambda m, s, t, n: m.extend(s, t, n))
+    lengths = np.array([5, 3])
+    state = eqx.filter_jit(lambda m, p, n: m.init_state(p, n, 20))(model, sequences[:, :6], lengths)
+    for num_valid in ([4, 2], [1, 3], [0, 1], [3, 3], [1, 1]):
+        num_valid = np.array(num_valid)
+        chunk = np.zeros((2, 4), np.int64)
+        for row in range(2):
+            chunk[row, : num_valid[row]] = sequences[row, lengths[row] : lengths[row] + num_valid[row]]
+        state, scores = extend(model, state, chunk, num_valid)
+        for row in range(2):
+            for t in range(num_valid[row]):
+                position = lengths[row] + t
+                expected = full[row, position - 1, sequences[row, position]]
+                np.testing.assert_allclose(scores[row, t], expected, atol=ATOL)
+            assert np.all(np.asarray(scores[row, num_valid[row] :]) == 0)
+        lengths = lengths + num_valid
+        np.testing.assert_array_equal(state.lengths, lengths)
+        expected_next = full[np.arange(2), lengths - 1]
+        np.testing.assert_allclose(model.next_log_probs(state), expected_next, atol=ATOL)
+
+
+def test_padded_batch_equals_rows_one_by_one(model):
+    rng = np.random.default_rng(1)
+    prompts, lengths = _padded(rng, [7, 2, 4], 7, model.vocab_size)
+    tokens = rng.integers(0, model.vocab_size, size=(3, 3))
+    state = model.init_state(prompts, lengths, 12)
+    state, scores = model.extend(state, tokens, np.array([3, 1, 2]))
+    for row, num_valid in enumerate([3, 1, 2]):
+        single = model.init_state(prompts[row : row + 1, : lengths[row]], lengths[row : row + 1], 12)
+        single, single_scores = model.extend(single, tokens[row : row + 1], np.array([num_valid]))
+        np.testing.assert_allclose(state.last_log_probs[row], single.last_log_probs[0], atol=ATOL)
+        np.testing.assert_allclose(scores[row], single_scores[0], atol=ATOL)
+
+
+def test_reorder_commutes_with_step(model):
+    rng = np.random.default_rng(2)
+    prompts, lengths = _padded(rng, [3, 5, 2], 5, model.vocab_size)
+    state = model.init_state(prompts, lengths, 24)
+    ancestors = jnp.array([2, 0, 0])
+    step = eqx.filter_jit(
+        lambda m, s: m.sample_step(jax.random.key(0), s, temperature=0.0, stop_ids=jnp.array([3]),
+                                   max_new_tokens=6)
+    )
+    after_state, after = step(model, state)
+    after_state = model.reorder(after_state, ancestors)
+    before_state, before = step(model, model.reorder(state, ancestors))
+    np.testing.assert_array_equal(before.tokens, after.tokens[ancestors])
+    np.testing.assert_array_equal(before.num_tokens, after.num_tokens[ancestors])
+    np.testing.assert_array_equal(before_state.lengths, after_state.lengths)
+    np.testing.assert_allclose(before.base_log_probs, after.base_log_probs[ancestors], atol=ATOL)
+    np.testing.assert_allclose(before_state.last_log_probs, after_state.last_log_probs, atol=ATOL)
+
+
+def test_sampling_is_reproducible_and_scored_correctly(model):
+    rng = np.random.default_rng(3)
+    prompts, lengths = _padded(rng, [4, 2, 3, 4], 4, model.vocab_size)
+    state = model.init_state(prompts, lengths, 20)
+    stop_ids = jnp.array([1, 2])
+    step = eqx.filter_jit(
+        lambda m, k, s, t: m.sample_step(k, s, temperature=t, stop_ids=stop_ids, max_new_tokens=8)
+    )
+    _, first = step(model, jax.random.key(7), state, 1.0)
+    _, again = step(model, jax.random.key(7), state, 1.0)
+    _, other = step(model, jax.random.key(8), state, 1.0)
+    np.testing.assert_array_equal(first.tokens, again.tokens)
+    assert not np.array_equal(first.tokens, other.tokens)
+    # At temperature 1 the proposal is the model itself.
+    np.testing.assert_allclose(first.proposal_log_probs, first.base_log_probs, atol=ATOL)
+    # The returned base log-probs are the teacher-forced scores of the sampled tokens.
+    _, scores = model.extend(state, first.tokens, first.num_tokens)
+    np.testing.assert_allclose(scores, first.base_log_probs, atol=ATOL)
+    # A step ends at its first stop token, or at max_new_tokens.
+    for row in range(4):
+        tokens = np.asarray(first.tokens[row, : first.num_tokens[row]])
+        assert not np.isin(tokens[:-1], stop_ids).any()
+        assert np.isin(tokens[-1], stop_ids) or len(tokens) == 8
+
+
+def test_tempered_proposal_is_the_cooled_model(model):
+    prompts, lengths = _padded(np.random.default_rng(4), [3, 2], 3, model.vocab_size)
+    state = model.init_state(prompts, lengths, 10)
+    _, out = model.sample_step(
+        jax.random.key(0), state, temperature=0.5, stop_ids=jnp.array([], jnp.int32),
+        max_new_tokens=1,
+    )
+    cooled = jax.nn.log_softmax(model.next_log_probs(state) / 0.5, axis=-1)
+    token = np.asarray(out.tokens[:, 0])
+    np.testing.assert_allclose(out.proposal_log_probs[:, 0], cooled[np.arange(2), token], atol=ATOL)
+    np.testing.assert_allclose(
+        out.base_log_probs[:, 0], model.next_log_probs(state)[np.arange(2), token], atol=ATOL
+    )
+
+
+def test_end_token_kills_row_and_full_buffer_stops():
+    import jax.random as jr
+
+    from ppl.models.lm import qwen2
+    from ppl.models.lm.adapter import TransformerTokenModel
+
+    config = qwen2.Qwen2Config(vocab_size=5, hidden_size=16, intermediate_size=16,
+                               num_hidden_layers=1, num_attention_heads=2,
+                               num_key_value_heads=1, head_dim=8)
+    model = TransformerTokenModel(qwen2.init(jr.key(0), config), end_ids=(4,))
+    state = model.init_state(jnp.zeros((64, 2), jnp.int32), jnp.full((64,), 2), 8)
+    state, out = model.sample_step(jr.key(1), state, temperature=1.0,
+                                   stop_ids=jnp.array([], jnp.int32), max_new_tokens=6)
+    tokens, num = np.asarray(out.tokens), np.asarray(out.num_tokens)
+    ended = np.array([4 in tokens[row, : num[row]] for row in range(64)])
+    assert ended.any() and (~ended).any()
+    np.testing.assert_array_equal(np.asarray(state.alive), ~ended)
+    # Survivors filled the 8-slot buffer (2 prompt + 6 new) and have died too.
+    state, out = model.sample_step(jr.key(2), state, temperature=1.0,
+                                   stop_ids=jnp.array([], jnp.int32), max_new_tokens=3)
+    assert np.all(np.asarray(out.num_tokens) == 0)
+    assert not np.asarray(state.alive).any()
+
+
+def test_extend_does_not_retrace_as_sequences_grow(model):
+    traces = []
+
+    @eqx.filter_jit
+    def extend(m, s, t, n):
+        traces.append(None)
+        return m.extend(s, t, n)
+
+    state = model.init_state(jnp.ones((2, 3), jnp.int32), jnp.array([3, 2]), 16)
+    for _ in range(4):
+        state, _ = extend(model, state, jnp.ones((2, 2), jnp.int32), jnp.array([2, 1]))
+    assert len(traces) == 1
+
+
+def test_bad_inputs_name_the_argument(model):
+    with pytest.raises(ValueError, match="prompt_lengths"):
+        model.init_state(jnp.ones((2, 3), jnp.int32), jnp.array([3]), 8)
+    with pytest.raises(ValueError, match="max_length"):
+        model.init_state(jnp.ones((2, 3), jnp.int32), jnp.array([3, 3]), 2)
+    with pytest.raises(ValueError, match="tokens"):
+        state = model.init_state(jnp.ones((2, 3), jnp.int32), jnp.array([3, 3]), 8)
+        model.extend(state, jnp.ones((2,), jnp.int32), jnp.array([1, 1]))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.sample_step(jax.random.key(0), state, temperature=1.0, stop_ids=jnp.array([1]),
+                          max_new_tokens=0)
