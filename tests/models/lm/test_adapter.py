@@ -134,18 +134,20 @@ def test_end_token_kills_row_and_full_buffer_stops():
                                num_hidden_layers=1, num_attention_heads=2,
                                num_key_value_heads=1, head_dim=8)
     model = TransformerTokenModel(qwen2.init(jr.key(0), config), end_ids=(4,))
-    state = model.init_state(jnp.zeros((64, 2), jnp.int32), jnp.full((64,), 2), 8)
+    state = model.init_state(jnp.zeros((64, 2), jnp.int32), jnp.full((64,), 2), 10)
     state, out = model.sample_step(jr.key(1), state, temperature=1.0,
                                    stop_ids=jnp.array([], jnp.int32), max_new_tokens=6)
     tokens, num = np.asarray(out.tokens), np.asarray(out.num_tokens)
     ended = np.array([4 in tokens[row, : num[row]] for row in range(64)])
     assert ended.any() and (~ended).any()
     np.testing.assert_array_equal(np.asarray(state.alive), ~ended)
-    # Survivors filled the 8-slot buffer (2 prompt + 6 new) and have died too.
+    # Dead rows generate nothing; survivors stop when the 10-slot buffer is full, and die.
     state, out = model.sample_step(jr.key(2), state, temperature=1.0,
-                                   stop_ids=jnp.array([], jnp.int32), max_new_tokens=3)
-    assert np.all(np.asarray(out.num_tokens) == 0)
-    assert not np.asarray(state.alive).any()
+                                   stop_ids=jnp.array([], jnp.int32), max_new_tokens=5)
+    num = np.asarray(out.num_tokens)
+    assert np.all(num[ended] == 0) and np.all(num[~ended] <= 2)
+    assert np.all(np.asarray(state.lengths) <= 10)
+    assert not np.asarray(state.alive)[np.asarray(state.lengths) == 10].any()
 
 
 def test_extend_does_not_retrace_as_sequences_grow(model):
