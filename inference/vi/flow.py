@@ -1,0 +1,458 @@
+"""Normalizing-flow variational inference: ``ppl.infer(model, method="flow_vi", key=...)``.
+
+Maths. For a flow ``q_lambda`` on the unconstrained space, maximise
+
+    ELBO(lambda) = E_{eps ~ N(0, I)} [log p(T_lambda(eps)) - log q_lambda(T_lambda(eps))]
+                 <= log Z,
+
+with the reparameterisation gradient (Kingma & Welling 2014; Rezende & Mohamed 2015), or
+its stick-the-landing variant, which drops the score term ``grad_lambda log q_lambda(z)`` at
+fixed ``z`` (Roeder, Wu & Duvenaud 2017). The flow lives in whitened coordinates ``u`` with
+``z = m + W u`` from a Laplace approximation (see :mod:`ppl.inference.vi.flows`). After
+fitting, ``S`` draws with log weights ``log w = log p(z) - log q(z)`` give the PSIS k-hat
+(Yao et al. 2018), the importance-sampling ESS and ``log Z ~ log mean w``.
+
+The optimiser is optax Adam with a warm-up + cosine schedule and gradient clipping. Steps
+run in chunks of a jitted ``lax.scan`` (the model is an argument of the compiled program:
+new data of the same shapes reuse it); the progress bar and the convergence check run
+between chunks. A non-finite ELBO or gradient stops the fit with the step number and the
+last good state (:class:`NonFiniteError`).
+
+References:
+    Rezende & Mohamed (2015), Variational Inference with Normalizing Flows, ICML.
+    Roeder, Wu & Duvenaud (2017), Sticking the Landing, NeurIPS.
+    Yao, Vehtari, Simpson & Gelman (2018), Yes, but did it work?: Evaluating Variational
+    Inference, ICML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import paramax
+
+from ppl.model import AbstractModel
+from ppl.posterior import Posterior
+from ppl.progress import ProgressBar
+from ppl.inference.vi import flows as _flows
+from ppl.inference.vi.psis import KHAT_THRESHOLD, ImportanceDiagnostics, importance_diagnostics
+
+__all__ = ["FlowVIState", "FlowVIInfo", "FlowVIResult", "NonFiniteError", "elbo", "init",
+           "build_step", "fit", "fit_flow_vi", "load_flow"]
+
+
+class FlowVIState(NamedTuple):
+    """Optimisation state.
+
+    Attributes:
+        params: the trainable leaves of the flow (``eqx.partition``).
+        opt_state: optax state.
+        step: number of steps taken.
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+class FlowVIInfo(NamedTuple):
+    """Per-step information.
+
+    Attributes:
+        elbo: the Monte Carlo ELBO estimate at this step's parameters.
+        grad_norm: global norm of the gradient.
+        is_finite: whether both were finite (a False step is not applied).
+    """
+
+    elbo: jax.Array
+    grad_norm: jax.Array
+    is_finite: jax.Array
+
+
+class NonFiniteError(ValueError):
+    """The ELBO or its gradient became NaN/inf; ``state``/``flow`` are the last good ones."""
+
+    def __init__(self, message, *, step, state=None, flow=None):
+        super().__init__(message)
+        self.step = step
+        self.state = state
+        self.flow = flow
+
+
+def _partition(flow):
+    return eqx.partition(
+        flow, eqx.is_inexact_array, is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable)
+    )
+
+
+def elbo(params, static, model, key, num_samples: int, stick_the_landing: bool = False):
+    """Monte Carlo ELBO of the flow ``combine(params, static)`` against ``model``.
+
+    With ``stick_the_landing`` the density of ``q`` is evaluated with stopped parameters
+    (its inverse pass is needed: not available for the tanh planar flow).
+    """
+    q = eqx.combine(params, static)
+    if stick_the_landing:
+        z = q.sample(key, (num_samples,))
+        log_q = eqx.combine(jax.lax.stop_gradient(params), static).log_prob(z)
+    else:
+        z, log_q = q.sample_and_log_prob(key, (num_samples,))
+    log_p = jax.vmap(model.log_density)(z)
+    return jnp.mean(log_p - log_q)
+
+
+def init(params, optimizer: optax.GradientTransformation) -> FlowVIState:
+    """The initial state for trainable ``params``."""
+    return FlowVIState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+
+def build_step(model, static, optimizer, *, num_samples: int = 16,
+               stick_the_landing: bool = False):
+    """``step(key, state) -> (state, info)``: one optimiser step on ``-ELBO``.
+
+    A step whose ELBO or gradient is not finite leaves the state unchanged
+    (``info.is_finite`` is False); drivers stop there.
+    """
+
+    def loss_fn(params, key):
+        return -elbo(params, static, model, key, num_samples, stick_the_landing)
+
+    def step(key, state: FlowVIState):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, key)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = FlowVIState(params, opt_state, state.step + 1)
+        new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+        return new, FlowVIInfo(-loss, grad_norm, ok)
+
+    return step
+
+
+class _Settings(NamedTuple):
+    num_steps: int
+    num_samples: int
+    learning_rate: float
+    stick_the_landing: bool
+    chunk_size: int
+
+
+def _optimizer(settings: _Settings):
+    warmup = max(1, min(100, settings.num_steps // 10))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=settings.learning_rate / 10, peak_value=settings.learning_rate,
+        warmup_steps=warmup, decay_steps=max(settings.num_steps, warmup + 1),
+        end_value=settings.learning_rate / 100,
+    )
+    return optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
+
+
+@eqx.filter_jit
+def _init_state(flow, settings: _Settings):
+    params, _ = _partition(flow)
+    return init(params, _optimizer(settings))
+
+
+@eqx.filter_jit
+def _train_chunk(flow, state, model, key, settings: _Settings):
+    _, static = _partition(flow)
+    step = build_step(model, static, _optimizer(settings), num_samples=settings.num_samples,
+                      stick_the_landing=settings.stick_the_landing)
+
+    def body(carry, key):
+        state, failed = carry
+        new, info = step(key, state)
+        bad = failed | ~info.is_finite
+        state = jax.tree.map(lambda a, b: jnp.where(bad, b, a), new, state)
+        return (state, bad), info
+
+    keys = jax.random.split(key, settings.chunk_size)
+    (state, failed), info = jax.lax.scan(body, (state, jnp.asarray(False)), keys)
+    return state, info
+
+
+@eqx.filter_jit
+def _draws(q, model, key, num_draws: int):
+    z, log_q = q.sample_and_log_prob(key, (num_draws,))
+    log_p = jax.vmap(model.log_density)(z)
+    return z, log_p - log_q
+
+
+@eqx.filter_jit
+def _constrain(model, z):
+    return jax.vmap(model.to_constrained)(z)
+
+
+@dataclasses.dataclass
+class FlowVIResult:
+    """A fitted flow and what was learned fitting it.
+
+    Attributes:
+        flow: the fitted ``q(z)`` on the unconstrained space (a flowjax distribution:
+            ``flow.sample(key, (n,))``, ``flow.log_prob(z)``).
+        elbo_trace: the ELBO estimate at every step.
+        laplace: the Laplace approximation used for whitening.
+        flow_settings: what :func:`~ppl.inference.vi.flows.make_flow` was given.
+        settings: the training settings.
+        converged: whether the convergence check stopped training early.
+        wall_time: seconds spent in :func:`fit`.
+        num_gradient_evals: log-density gradients evaluated (Laplace Hessian excluded).
+    """
+
+    flow: Any
+    elbo_trace: np.ndarray
+    laplace: Any
+    flow_settings: dict
+    settings: dict
+    converged: bool
+    wall_time: float
+    num_gradient_evals: int
+
+    def sample(self, key, num_draws: int) -> jax.Array:
+        """``(num_draws, dim)`` unconstrained draws from ``q``."""
+        return self.flow.sample(key, (num_draws,))
+
+    def diagnostics(self, key, model, num_draws: int = 2000) -> ImportanceDiagnostics:
+        """PSIS k-hat, IS ESS, IS log-evidence and ELBO from fresh draws."""
+        _, log_w = _draws(self.flow, model, key, int(num_draws))
+        return importance_diagnostics(np.asarray(log_w))
+
+    def posterior(self, key, model, *, num_draws: int = 2000,
+                  importance_resample: bool = False, warn: bool = True) -> Posterior:
+        """Draws from ``q`` as a :class:`~ppl.Posterior` (see :func:`fit_flow_vi`)."""
+        return _to_posterior(self, key, model, int(num_draws), importance_resample, warn)
+
+    def save(self, path) -> None:
+        """Write the flow (a JSON header line + equinox-serialised leaves)."""
+        header = {"format": "ppl.flow_vi/1", "flow_settings": self.flow_settings}
+        with open(path, "wb") as f:
+            f.write((json.dumps(header) + "\n").encode())
+            eqx.tree_serialise_leaves(f, self.flow)
+
+
+def _skeleton(flow_settings: dict):
+    dim = int(flow_settings["dim"])
+    settings = {k: v for k, v in flow_settings.items() if k != "dim"}
+    flow = _flows.make_flow(jax.random.key(0), dim, **settings)
+    return _flows.whitened_flow(flow, _flows.Whiten(jnp.zeros(dim), jnp.eye(dim)))
+
+
+def load_flow(path, like=None):
+    """Load a flow written by :meth:`FlowVIResult.save`.
+
+    Args:
+        path: the file.
+        like: optional flow of the same structure to fill (default: rebuilt from the
+            settings stored in the file).
+    """
+    with open(path, "rb") as f:
+        header = json.loads(f.readline().decode())
+        if header.get("format") != "ppl.flow_vi/1":
+            raise ValueError(f"Expected a ppl flow file, got header {header!r}.")
+        skeleton = like if like is not None else _skeleton(header["flow_settings"])
+        return eqx.tree_deserialise_leaves(f, skeleton)
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"Expected {name} to be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def fit(
+    key,
+    model: AbstractModel,
+    *,
+    flow: str = "maf",
+    num_layers: int = 4,
+    width: int = 32,
+    depth: int = 1,
+    num_steps: int = 2000,
+    num_samples: int = 16,
+    learning_rate: float = 3e-3,
+    stick_the_landing: bool = False,
+    whiten: bool = True,
+    convergence_tol: float | None = 0.01,
+    chunk_size: int = 200,
+    progress_bar: bool | None = None,
+) -> FlowVIResult:
+    """Fit a normalizing flow to ``model``'s unconstrained posterior by maximising the ELBO.
+
+    Args:
+        key: PRNG key.
+        model: a ppl Model with continuous latents.
+        flow: ``"maf"`` (default), ``"spline"``, ``"bnaf"`` or ``"planar"``.
+        num_layers, width, depth: flow architecture (see ``flows.make_flow``).
+        num_steps: maximum optimiser steps.
+        num_samples: Monte Carlo draws per ELBO estimate.
+        learning_rate: peak Adam learning rate (warm-up then cosine decay).
+        stick_the_landing: use the stick-the-landing gradient (needs the flow's inverse).
+        whiten: fit in coordinates whitened by a Laplace approximation (default True).
+        convergence_tol: stop when the chunk-mean ELBO improved by less than this for two
+            consecutive chunks (after half of ``num_steps``); None never stops early.
+        chunk_size: steps per compiled chunk (progress and convergence checks between).
+        progress_bar: show a progress bar (default: when stderr is a terminal).
+
+    Raises:
+        ValueError: bad settings, discrete latents, a log-density that is not finite at
+            the start; :class:`NonFiniteError` (a ValueError) when the ELBO or its gradient
+            becomes non-finite during training.
+    """
+    if not isinstance(model, AbstractModel):
+        raise TypeError(f"Expected a ppl Model, got {type(model).__name__}.")
+    if model.discrete_sites:
+        raise ValueError(f"Flow VI needs continuous latents; got discrete site(s) "
+                         f"{list(model.discrete_sites)}.")
+    num_steps = _check_int("num_steps", num_steps)
+    num_samples = _check_int("num_samples", num_samples)
+    chunk_size = _check_int("chunk_size", min(chunk_size, num_steps))
+    if not (isinstance(learning_rate, (int, float)) and np.isfinite(learning_rate)
+            and learning_rate > 0):
+        raise ValueError(f"Expected learning_rate > 0, got {learning_rate!r}.")
+    if stick_the_landing and flow == "planar":
+        raise ValueError("Expected stick_the_landing=False with flow='planar' (the tanh planar "
+                         "flow has no inverse), got True.")
+    start_time = time.perf_counter()
+    lap_key, flow_key, train_key = jax.random.split(key, 3)
+    dim = model.dim
+    flow_settings = {"dim": dim, "kind": flow, "num_layers": int(num_layers),
+                     "width": int(width), "depth": int(depth)}
+    base_flow = _flows.make_flow(flow_key, dim, kind=flow, num_layers=int(num_layers),
+                                 width=int(width), depth=int(depth))
+    if whiten:
+        laplace = _flows.laplace_approximation(lap_key, model)
+        loc, scale = laplace.mode, laplace.scale
+    else:
+        laplace = None
+        loc, scale = jnp.zeros(dim), jnp.eye(dim)
+    value, grad = jax.value_and_grad(model.log_density)(loc)
+    if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+        raise ValueError(f"Expected a finite log-density and gradient at the starting point, "
+                         f"got {float(value)} (gradient finite: {bool(np.all(np.isfinite(grad)))}).")
+    q = _flows.whitened_flow(base_flow, _flows.Whiten(loc, scale))
+    settings = _Settings(num_steps, num_samples, float(learning_rate), bool(stick_the_landing),
+                         chunk_size)
+    state = _init_state(q, settings)
+    _, static = _partition(q)
+    trace, chunk_means, converged = [], [], False
+    num_chunks = -(-num_steps // chunk_size)
+    show = ProgressBar.wanted(progress_bar)
+    with ProgressBar(num_chunks * chunk_size if show else 0, desc="flow VI") as bar:
+        for chunk in range(num_chunks):
+            key_chunk = jax.random.fold_in(train_key, chunk)
+            new_state, info = _train_chunk(q, state, model, key_chunk, settings)
+            finite = np.asarray(info.is_finite)
+            elbos = np.asarray(info.elbo)
+            if not finite.all():
+                first = int(np.argmin(finite))
+                bad_step = chunk * chunk_size + first
+                what = "ELBO" if not np.isfinite(elbos[first]) else "ELBO gradient"
+                good_flow = eqx.combine(new_state.params, static)
+                raise NonFiniteError(
+                    f"The {what} became non-finite at step {bad_step} (ELBO {elbos[first]}); "
+                    f"training stopped. The last good state (step {bad_step}) is on this "
+                    "error's .state/.flow. Check the model's log-density for NaN/inf in the "
+                    "region the flow explores, or lower learning_rate.",
+                    step=bad_step, state=new_state, flow=good_flow,
+                )
+            state = new_state
+            trace.append(elbos)
+            chunk_means.append(float(elbos.mean()))
+            bar.update_to((chunk + 1) * chunk_size)
+            if (convergence_tol is not None and (chunk + 1) * chunk_size >= num_steps // 2
+                    and len(chunk_means) >= 3
+                    and chunk_means[-1] - chunk_means[-2] < convergence_tol
+                    and chunk_means[-2] - chunk_means[-3] < convergence_tol):
+                converged = True
+                break
+    fitted = eqx.combine(state.params, static)
+    elbo_trace = np.concatenate(trace)
+    return FlowVIResult(
+        flow=fitted, elbo_trace=elbo_trace, laplace=laplace, flow_settings=flow_settings,
+        settings={**settings._asdict(), "flow": flow, "whiten": whiten,
+                  "convergence_tol": convergence_tol},
+        converged=converged, wall_time=time.perf_counter() - start_time,
+        num_gradient_evals=int(elbo_trace.size * num_samples),
+    )
+
+
+def _to_posterior(result: FlowVIResult, key, model, num_draws, importance_resample, warn):
+    draw_key, resample_key = jax.random.split(key)
+    z, log_w = _draws(result.flow, model, draw_key, num_draws)
+    diag = importance_diagnostics(np.asarray(log_w))
+    messages = []
+    if diag.khat > KHAT_THRESHOLD:
+        messages.append(
+            f"PSIS k-hat = {diag.khat:.2f} > {KHAT_THRESHOLD}: the variational approximation "
+            "is not to be trusted (its tails are too light or it misses mass); try more "
+            "steps, another flow, or NUTS."
+        )
+    if importance_resample:
+        idx = jax.random.choice(resample_key, num_draws, (num_draws,),
+                                p=jnp.asarray(np.exp(diag.smoothed_log_weights)))
+        z = z[idx]
+    values = _constrain(model, z)
+    samples = {k: np.asarray(v)[None] for k, v in values.items()}
+    for message in messages:
+        if warn:
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+    meta = {
+        "engine": "flow_vi",
+        "settings": {**result.settings, **result.flow_settings, "num_draws": num_draws,
+                     "importance_resample": importance_resample},
+        "wall_time": result.wall_time,
+        "num_gradient_evals": result.num_gradient_evals,
+        "khat": diag.khat,
+        "is_ess": diag.ess,
+        "elbo": diag.elbo,
+        "converged": result.converged,
+        "warnings": messages,
+    }
+    return Posterior(
+        samples=samples,
+        log_evidence=diag.log_evidence,
+        stats={"log_weight": np.asarray(log_w)[None],
+               "psis_log_weight": diag.smoothed_log_weights[None]},
+        history={"elbo": result.elbo_trace},
+        meta=meta,
+        unconstrained=np.asarray(z)[None],
+    )
+
+
+def fit_flow_vi(key, model: AbstractModel, *, num_draws: int = 2000,
+                importance_resample: bool = False, warn: bool = True,
+                **settings) -> Posterior:
+    """``ppl.infer(model, method="flow_vi", key=...)``: fit a flow, return draws from it.
+
+    Settings are those of :func:`fit`, plus ``num_draws`` (draws from ``q``),
+    ``importance_resample`` (resample them with PSIS weights) and ``warn``.
+
+    Returns:
+        A :class:`~ppl.Posterior` with one chain of ``num_draws`` draws; ``history["elbo"]``
+        the ELBO trace; ``meta["khat"]``, ``meta["is_ess"]``, ``meta["elbo"]``;
+        ``log_evidence`` the importance-sampling estimate; ``stats["log_weight"]`` the raw
+        and ``stats["psis_log_weight"]`` the smoothed log weights. k-hat above 0.7 warns.
+        Use :func:`fit` to keep the fitted flow (``.flow``, ``.save``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, ppl
+        >>> m = ppl.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
+        >>> post = ppl.infer(m, "flow_vi", key=jax.random.key(0), num_steps=200)
+        >>> post.meta["khat"] < 0.7
+        True
+    """
+    num_draws = _check_int("num_draws", num_draws, 10)
+    fit_key, draw_key = jax.random.split(key)
+    result = fit(fit_key, model, **settings)
+    return result.posterior(draw_key, model, num_draws=num_draws,
+                            importance_resample=importance_resample, warn=warn)
