@@ -1,0 +1,460 @@
+"""Adaptive tempered SMC for any Model: ``ppl.infer(model, "smc", key=..., num_particles=2000)``.
+
+The Feynman-Kac model anneals from the prior to the posterior through
+
+    pi_b(z) ∝ p(z) L(z)^b,     0 = b_0 < b_1 < ... < b_K = 1,
+
+with potentials ``G_k(z) = L(z)^(b_k - b_{k-1})`` and moves ``M_k`` that leave ``pi_{b_k}``
+invariant. At each temperature:
+
+1. **next temperature** by bisection so that the conditional ESS
+   ``(sum_i W_i G_i)^2 / sum_i W_i G_i^2`` equals ``target_ess`` (Zhou, Johansen & Aston 2016);
+2. **reweight**, ``log Z += log sum_i W_i G_i`` (the log-evidence estimate, unbiased on the
+   exp scale);
+3. **resample** (systematic) and **tune** the kernel from the particle population: the
+   (dense or diagonal) covariance of the particles is the inverse mass matrix of HMC/NUTS
+   (or the random walk's proposal covariance); the step size follows the previous
+   acceptance rate (a Robbins-Monro step on ``log step_size`` towards ``target_accept``);
+4. **move** with the MCMC kernels of :mod:`ppl.inference.mcmc` (HMC, NUTS) or a random walk,
+   repeated until a particle has moved at least once with probability 0.99 given the
+   measured acceptance rate (``log 0.01 / log(1 - acc)`` steps, within
+   ``[min_mcmc_steps, max_mcmc_steps]``), or, **waste-free** (Dau & Chopin 2022), resample
+   only ``M = N / P`` particles, run each for ``P - 1`` steps and keep every state.
+
+The loop over temperatures is a host loop over one jitted per-temperature step (the model
+is an argument of ``eqx.filter_jit``; shapes never change, so it compiles once per model
+structure and settings, and never again for new data or keys). The number of temperatures
+is unknown in advance; a host loop keeps the history exact-sized, lets the progress bar
+and errors name the temperature reached, and costs one small device-host sync per
+temperature (tens of microseconds against milliseconds of MCMC moves).
+
+References:
+    Del Moral, P., Doucet, A. and Jasra, A. (2006). Sequential Monte Carlo samplers. JRSS B.
+    Zhou, Y., Johansen, A. M. and Aston, J. A. D. (2016). Toward automatic model comparison:
+    an adaptive sequential Monte Carlo approach. JCGS.
+    Buchholz, A., Chopin, N. and Jacob, P. E. (2021). Adaptive tuning of Hamiltonian Monte
+    Carlo within sequential Monte Carlo. Bayesian Analysis.
+    Dau, H.-D. and Chopin, N. (2022). Waste-free sequential Monte Carlo. JRSS B.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.mcmc.random_walk import build_additive_step
+from blackjax.mcmc.random_walk import init as rw_init
+
+from ppl.inference.mcmc import kernels
+from ppl.inference.smc import base
+from ppl.inference.smc.resampling import get_resampler, normalize_log_weights
+from ppl.model import AbstractModel
+from ppl.posterior import Posterior
+from ppl.progress import ProgressBar
+
+__all__ = ["TemperedState", "TemperedInfo", "init", "step", "sample_smc", "random_walk"]
+
+_KERNELS = ("hmc", "nuts", "rw")
+
+
+class TemperedState(NamedTuple):
+    """Particles at one temperature.
+
+    Attributes:
+        particles: ``(N, dim)`` unconstrained positions.
+        log_likelihood: ``(N,)`` ``log L`` at the particles.
+        log_weights: ``(N,)`` unnormalised log-weights.
+        temperature: current ``b``.
+        log_evidence: running ``log Z_b`` estimate.
+        step_size: current kernel step size (in units of the population's scale).
+    """
+
+    particles: jax.Array
+    log_likelihood: jax.Array
+    log_weights: jax.Array
+    temperature: jax.Array
+    log_evidence: jax.Array
+    step_size: jax.Array
+
+
+class TemperedInfo(NamedTuple):
+    """What one temperature step did (all scalars)."""
+
+    temperature: jax.Array
+    ess: jax.Array
+    acceptance_rate: jax.Array
+    num_mcmc_steps: jax.Array
+    step_size: jax.Array
+    log_evidence_increment: jax.Array
+    num_gradient_evals: jax.Array
+    all_zero: jax.Array
+
+
+class _Settings(NamedTuple):
+    num_particles: int
+    kernel: str
+    target_ess: float
+    target_accept: float
+    min_mcmc_steps: int
+    max_mcmc_steps: int
+    num_integration_steps: int
+    max_tree_depth: int
+    dense_mass: bool
+    waste_free: bool
+    chain_length: int
+    num_bisection_steps: int
+
+
+def random_walk(logdensity_fn, *, step_size, scale_matrix):
+    """Gaussian random-walk Metropolis with proposal ``z + step_size * scale_matrix @ e``.
+
+    ``scale_matrix`` is ``(dim,)`` (diagonal) or ``(dim, dim)`` (a Cholesky factor).
+    Returns ``SamplingAlgorithm(init, step)`` over BlackJAX's additive-step RMH kernel.
+    """
+    kernel = build_additive_step()
+
+    def random_step(key, position):
+        noise = jax.random.normal(key, position.shape, position.dtype)
+        if jnp.ndim(scale_matrix) == 2:
+            return step_size * (scale_matrix @ noise)
+        return step_size * scale_matrix * noise
+
+    def init(position):
+        return rw_init(position, logdensity_fn)
+
+    def step(key, state):
+        return kernel(key, state, logdensity_fn, random_step)
+
+    return kernels.SamplingAlgorithm(init, step)
+
+
+def _log_potential(log_likelihood, delta):
+    # 0 * (-inf) would be NaN: a zero likelihood stays a zero weight.
+    return jnp.where(log_likelihood == -jnp.inf, -jnp.inf, delta * log_likelihood)
+
+
+def _cess_fraction(log_w, log_likelihood, delta):
+    log_g = _log_potential(log_likelihood, delta)
+    num = 2.0 * jax.scipy.special.logsumexp(log_w + log_g)
+    den = jax.scipy.special.logsumexp(log_w + 2.0 * log_g)
+    return jnp.exp(num - den)
+
+
+def next_temperature(log_weights, log_likelihood, temperature, target_ess, num_steps=60):
+    """Largest ``b' <= 1`` with conditional ESS fraction ``>= target_ess`` (bisection)."""
+    log_w = normalize_log_weights(log_weights)
+    room = 1.0 - temperature
+    ok_all = _cess_fraction(log_w, log_likelihood, room) >= target_ess
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        good = _cess_fraction(log_w, log_likelihood, mid) >= target_ess
+        return jnp.where(good, mid, lo), jnp.where(good, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, num_steps, body, (jnp.zeros_like(room), room))
+    # Always make progress: at least the smallest step bisection could resolve.
+    delta = jnp.where(ok_all, room, jnp.maximum(lo, hi * 2.0**-num_steps))
+    return jnp.minimum(temperature + delta, 1.0), delta
+
+
+def _population_scale(particles, dense: bool):
+    """Inverse mass matrix (population covariance) and its square root."""
+    mean = jnp.mean(particles, axis=0)
+    centred = particles - mean
+    if dense:
+        cov = centred.T @ centred / particles.shape[0]
+        cov = cov + 1e-10 * jnp.eye(cov.shape[0]) * (1.0 + jnp.trace(cov) / cov.shape[0])
+        return cov, jnp.linalg.cholesky(cov)
+    var = jnp.mean(centred**2, axis=0) + 1e-10
+    return var, jnp.sqrt(var)
+
+
+def _make_kernel(model, temperature, step_size, inverse_mass_matrix, scale, settings):
+    def logdensity_fn(z):
+        ll = model.log_likelihood(z)
+        return model.log_prior(z) + _log_potential(ll, temperature)
+
+    if settings.kernel == "hmc":
+        algo = kernels.hmc(logdensity_fn, step_size=step_size,
+                           inverse_mass_matrix=inverse_mass_matrix,
+                           num_integration_steps=settings.num_integration_steps)
+    elif settings.kernel == "nuts":
+        algo = kernels.nuts(logdensity_fn, step_size=step_size,
+                            inverse_mass_matrix=inverse_mass_matrix,
+                            max_num_doublings=settings.max_tree_depth)
+    else:
+        algo = random_walk(logdensity_fn, step_size=step_size, scale_matrix=scale)
+    return algo
+
+
+def _num_grads(info, settings):
+    if settings.kernel == "hmc":
+        return jnp.asarray(settings.num_integration_steps, jnp.float32)
+    if settings.kernel == "nuts":
+        return jnp.asarray(info.num_integration_steps, jnp.float32)
+    return jnp.zeros((), jnp.float32)
+
+
+def init(key, model: AbstractModel, num_particles: int, initial_step_size: float) -> TemperedState:
+    """Particles from the prior at temperature 0 (pure; the caller jits)."""
+    particles = model.sample_prior(key, num_particles)
+    particles = jnp.asarray(particles, jnp.result_type(float))
+    log_likelihood = jax.vmap(model.log_likelihood)(particles)
+    zero = jnp.zeros((), particles.dtype)
+    return TemperedState(
+        particles, log_likelihood, jnp.zeros(num_particles, particles.dtype), zero, zero,
+        jnp.asarray(initial_step_size, particles.dtype),
+    )
+
+
+def step(key, state: TemperedState, model: AbstractModel, settings: _Settings):
+    """One temperature: choose ``b'``, reweight, resample, tune, move (pure; the caller jits)."""
+    n = settings.num_particles
+    temp_key, resample_key, move_key = jax.random.split(key, 3)
+    del temp_key
+    temperature, delta = next_temperature(
+        state.log_weights, state.log_likelihood, state.temperature, settings.target_ess,
+        settings.num_bisection_steps,
+    )
+    log_w = normalize_log_weights(state.log_weights)
+    ess = jnp.exp(-jax.scipy.special.logsumexp(2 * log_w))
+    log_g = _log_potential(state.log_likelihood, delta)
+    log_weights, increment, _, all_zero = base.reweight(log_w, log_g)
+
+    num_start = n // settings.chain_length if settings.waste_free else n
+    resample_fn = get_resampler("systematic")
+    ancestors = resample_fn(resample_key, log_weights, num_start)
+    starts = base.gather(state.particles, ancestors)
+    imm, scale = _population_scale(starts, settings.dense_mass)
+    step_size = state.step_size
+    algo = _make_kernel(model, temperature, step_size, imm, scale, settings)
+    mcmc_states = jax.vmap(algo.init)(starts)
+    vstep = jax.vmap(algo.step)
+
+    if settings.waste_free:
+        def chain_step(carry, key):
+            states = carry
+            states, info = vstep(jax.random.split(key, num_start), states)
+            acc = jnp.nan_to_num(info.acceptance_rate, nan=0.0)
+            return states, (states.position, acc, _num_grads(info, settings))
+
+        keys = jax.random.split(move_key, settings.chain_length - 1)
+        _, (positions, acc, grads) = jax.lax.scan(chain_step, mcmc_states, keys)
+        particles = jnp.concatenate([starts[None], positions], axis=0).reshape(n, -1)
+        acceptance = jnp.mean(acc)
+        num_steps = jnp.asarray(settings.chain_length - 1, jnp.int32)
+        num_grads = jnp.sum(grads) * num_start
+    else:
+        def one_step(carry):
+            i, states, key, acc_sum, grads = carry
+            key, sub = jax.random.split(key)
+            states, info = vstep(jax.random.split(sub, n), states)
+            acc = jnp.mean(jnp.nan_to_num(info.acceptance_rate, nan=0.0))
+            grads = grads + jnp.sum(_num_grads(info, settings) * jnp.ones(n))
+            return i + 1, states, key, acc_sum + acc, grads
+
+        zero = jnp.zeros((), jnp.float32)
+        first = one_step((jnp.zeros((), jnp.int32), mcmc_states, move_key, zero, zero))
+        acc1 = jnp.clip(first[3], 1e-3, 0.999)
+        wanted = jnp.ceil(jnp.log(0.01) / jnp.log1p(-acc1)).astype(jnp.int32)
+        num_steps = jnp.clip(wanted, settings.min_mcmc_steps, settings.max_mcmc_steps)
+        last = jax.lax.while_loop(lambda c: c[0] < num_steps, one_step, first)
+        _, states, _, acc_sum, num_grads = last
+        particles = states.position
+        acceptance = acc_sum / num_steps.astype(acc_sum.dtype)
+
+    log_likelihood = jax.vmap(model.log_likelihood)(particles)
+    new_step_size = step_size * jnp.exp(
+        jnp.clip(acceptance - settings.target_accept, -0.5, 0.5)
+    )
+    new_state = TemperedState(
+        particles, log_likelihood, jnp.zeros(n, particles.dtype), temperature,
+        state.log_evidence + increment, new_step_size.astype(step_size.dtype),
+    )
+    info = TemperedInfo(temperature, ess, acceptance, num_steps, step_size, increment,
+                        num_grads, all_zero)
+    return new_state, info
+
+
+_init_jit = eqx.filter_jit(init)
+_step_jit = eqx.filter_jit(step)
+
+
+@eqx.filter_jit
+def _prior_checks(model, particles):
+    lp = jax.vmap(model.log_prior)(particles)
+    return lp
+
+
+@eqx.filter_jit
+def _constrain(model, z):
+    return jax.vmap(model.to_constrained)(z)
+
+
+def _check_inputs(model, num_particles, kernel, target_ess, waste_free, chain_length):
+    if not isinstance(model, AbstractModel):
+        raise TypeError(
+            "Expected a ppl Model (ppl.from_numpyro or ppl.from_logdensity), got "
+            f"{type(model).__name__}."
+        )
+    base.check_num_particles(num_particles)
+    if kernel not in _KERNELS:
+        raise ValueError(f"Expected kernel in {_KERNELS}, got {kernel!r}.")
+    if not 0.0 < float(target_ess) < 1.0:
+        raise ValueError(f"Expected target_ess in (0, 1), got {target_ess!r}.")
+    if waste_free:
+        if chain_length < 2 or num_particles % chain_length != 0:
+            raise ValueError(
+                "Expected chain_length >= 2 dividing num_particles for waste-free SMC, got "
+                f"chain_length={chain_length}, num_particles={num_particles}."
+            )
+
+
+def sample_smc(
+    key,
+    model: AbstractModel,
+    *,
+    num_particles: int = 2000,
+    kernel: str = "hmc",
+    target_ess: float = 0.5,
+    target_accept: float | None = None,
+    min_mcmc_steps: int = 2,
+    max_mcmc_steps: int = 50,
+    num_integration_steps: int = 10,
+    max_tree_depth: int = 6,
+    dense_mass: bool | None = None,
+    waste_free: bool = False,
+    chain_length: int = 10,
+    initial_step_size: float | None = None,
+    max_num_temperatures: int = 1000,
+    progress_bar: bool | None = None,
+) -> Posterior:
+    """Adaptive tempered SMC from the prior to the posterior, with the log-evidence.
+
+    Args:
+        key: a JAX PRNG key.
+        model: a ppl Model with a prior sampler (``sample_prior``).
+        num_particles: ``N``.
+        kernel: MCMC move, "hmc", "nuts" (:mod:`ppl.inference.mcmc`) or "rw" (random walk).
+        target_ess: conditional-ESS fraction that fixes the next temperature, in (0, 1).
+        target_accept: acceptance rate the step size is steered to (default 0.65 for HMC,
+            0.8 for NUTS, 0.3 for the random walk).
+        min_mcmc_steps, max_mcmc_steps: bounds on the adaptive number of moves.
+        num_integration_steps: HMC leapfrog steps per move.
+        max_tree_depth: NUTS's maximum number of doublings.
+        dense_mass: dense population covariance (default: when ``dim <= 100``).
+        waste_free: waste-free moves: ``N / chain_length`` chains of ``chain_length`` states.
+        chain_length: ``P`` for the waste-free variant (must divide ``num_particles``).
+        initial_step_size: starting step size in whitened units (default: HMC/NUTS
+            ``dim^-1/4``, random walk ``2.38 / sqrt(dim)``).
+        max_num_temperatures: stop with an error beyond this many temperatures.
+        progress_bar: show a progress bar over the temperature (default: on a terminal).
+
+    Returns:
+        A :class:`~ppl.Posterior` with one chain of ``N`` equally weighted draws (``log_weights``
+        zero), ``log_evidence``, and per-temperature ``history`` (temperature, ess,
+        acceptance_rate, num_mcmc_steps, step_size, log_evidence_increment).
+
+    Raises:
+        ValueError: bad settings, NaN log-likelihood at prior draws, or all weights zero at
+            some temperature (the message names it).
+    """
+    _check_inputs(model, num_particles, kernel, target_ess, waste_free, chain_length)
+    dim = model.dim
+    if target_accept is None:
+        target_accept = {"hmc": 0.65, "nuts": 0.8, "rw": 0.3}[kernel]
+    if not 0.0 < float(target_accept) < 1.0:
+        raise ValueError(f"Expected target_accept in (0, 1), got {target_accept!r}.")
+    if dense_mass is None:
+        dense_mass = dim <= 100
+    if initial_step_size is None:
+        initial_step_size = 2.38 / math.sqrt(dim) if kernel == "rw" else dim**-0.25
+    settings = _Settings(
+        int(num_particles), kernel, float(target_ess), float(target_accept),
+        int(min_mcmc_steps), int(max_mcmc_steps), int(num_integration_steps),
+        int(max_tree_depth), bool(dense_mass), bool(waste_free), int(chain_length), 60,
+    )
+    start = time.perf_counter()
+    init_key, loop_key = jax.random.split(key)
+    try:
+        state = _init_jit(init_key, model, settings.num_particles, float(initial_step_size))
+    except NotImplementedError as error:
+        raise ValueError(f"Tempered SMC starts from the prior: {error}") from error
+    ll0 = np.asarray(state.log_likelihood)
+    if np.any(np.isnan(ll0)):
+        raise ValueError(
+            f"The log-likelihood is NaN at {int(np.isnan(ll0).sum())} of {ll0.size} prior "
+            "draws (temperature step 0). NaN is never a valid log-density: check the model "
+            "for 0 * inf, log of a negative number, or NaN in the data."
+        )
+    if not np.any(np.isfinite(ll0)):
+        raise ValueError(
+            f"The log-likelihood is -inf (or inf) at all {ll0.size} prior draws (temperature "
+            "step 0): the prior puts no mass where the data are possible. Check the prior's "
+            "support and the data's units."
+        )
+    infos = []
+    show = ProgressBar.wanted(progress_bar)
+    with ProgressBar(1000 if show else 0, desc="SMC temperature x1000") as bar:
+        k = 0
+        while float(state.temperature) < 1.0:
+            if k >= max_num_temperatures:
+                raise ValueError(
+                    f"Tempered SMC reached max_num_temperatures={max_num_temperatures} at "
+                    f"temperature {float(state.temperature):.3g}; raise it, lower target_ess, "
+                    "or check the likelihood (it may be -inf on most of the prior)."
+                )
+            state, info = _step_jit(jax.random.fold_in(loop_key, k), state, model, settings)
+            info = jax.device_get(info)
+            infos.append(info)
+            if bool(info.all_zero) or not np.isfinite(info.log_evidence_increment):
+                raise ValueError(
+                    f"All particle weights are zero or NaN at temperature step {k + 1} "
+                    f"(temperature {float(info.temperature):.3g}). Likely cause: the "
+                    "log-likelihood is -inf or NaN at every particle (a support error or NaN "
+                    "in the data), or the moves produced invalid positions."
+                )
+            bar.update_to(int(1000 * float(state.temperature)))
+            k += 1
+    particles = state.particles
+    values = _constrain(model, particles)
+    samples = {name: np.asarray(v)[None] for name, v in values.items()}
+    history = {
+        field: np.array([getattr(i, field) for i in infos])
+        for field in TemperedInfo._fields if field != "all_zero"
+    }
+    wall = time.perf_counter() - start
+    num_grads = int(np.sum(history["num_gradient_evals"]))
+    warn_list = []
+    low_acc = history["acceptance_rate"] < 0.05
+    if np.any(low_acc):
+        message = (
+            f"Tempered SMC: acceptance below 0.05 at {int(low_acc.sum())} of {low_acc.size} "
+            "temperatures; the particles may not have moved (try kernel='rw' or 'nuts', or "
+            "more particles)."
+        )
+        warn_list.append(message)
+        warnings.warn(message, stacklevel=2)
+    meta = {
+        "engine": "smc",
+        "settings": {**settings._asdict(), "initial_step_size": float(initial_step_size)},
+        "wall_time": wall,
+        "num_gradient_evals": num_grads,
+        "num_temperatures": len(infos),
+        "warnings": warn_list,
+    }
+    return Posterior(
+        samples=samples,
+        log_weights=np.asarray(state.log_weights)[None],
+        log_evidence=float(state.log_evidence),
+        history=history,
+        meta=meta,
+        unconstrained=np.asarray(particles)[None],
+    )
