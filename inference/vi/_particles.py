@@ -1,0 +1,192 @@
+"""The shared driver of the particle engines (coin SVGD, coin KSDD, SVGD).
+
+Particles live in whitened coordinates ``u`` (``z = m + W u`` from a Laplace
+approximation) unless ``whiten=False``; the model is an argument of the compiled chunk, so
+new data of the same shapes reuse it; iterations run in chunks of a ``lax.scan`` with the
+progress bar and a finiteness check between chunks; the particle axis is sharded over
+devices when there are several.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ppl.model import AbstractModel
+from ppl.posterior import Posterior
+from ppl.progress import ProgressBar
+
+__all__ = ["ParticleAlgorithm", "ParticleInfo", "run_particle_engine", "shard_particles"]
+
+
+class ParticleAlgorithm(NamedTuple):
+    """``init(positions) -> state``; ``step(key, state) -> (state, info)``."""
+
+    init: Callable
+    step: Callable
+
+
+class ParticleInfo(NamedTuple):
+    """Per-iteration information.
+
+    Attributes:
+        mean_abs_direction: mean over particles and coordinates of ``|c_t|``.
+        bandwidth: the kernel bandwidth used.
+    """
+
+    mean_abs_direction: jax.Array
+    bandwidth: jax.Array
+
+
+def shard_particles(x):
+    """Place the leading (particle) axis across devices when there are several."""
+    devices = jax.devices()
+    if len(devices) < 2 or x.shape[0] % len(devices):
+        return x
+    mesh = jax.sharding.Mesh(np.array(devices), ("particle",))
+    spec = jax.sharding.PartitionSpec("particle")
+    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+
+
+def _whitened_logdensity(model, loc, scale):
+    def logdensity_fn(u):
+        return model.log_density(loc + scale @ u)
+
+    return logdensity_fn
+
+
+@eqx.filter_jit
+def _init(model, loc, scale, u0, make_algorithm, algorithm_settings):
+    algo = make_algorithm(_whitened_logdensity(model, loc, scale), **algorithm_settings)
+    return algo.init(u0)
+
+
+@eqx.filter_jit
+def _run_chunk(model, loc, scale, state, key, make_algorithm, algorithm_settings,
+               num_steps: int):
+    algo = make_algorithm(_whitened_logdensity(model, loc, scale), **algorithm_settings)
+    state, info = jax.lax.scan(lambda s, k: algo.step(k, s), state,
+                               jax.random.split(key, num_steps))
+    return state, info
+
+
+@eqx.filter_jit
+def _constrain(model, loc, scale, u):
+    z = loc + u @ scale.T
+    return z, jax.vmap(model.to_constrained)(z)
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"Expected {name} to be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def run_particle_engine(
+    key,
+    model: AbstractModel,
+    engine: str,
+    make_algorithm: Callable,
+    *,
+    num_particles: int = 100,
+    num_iterations: int = 1000,
+    whiten: bool = True,
+    init: str = "laplace",
+    initial_positions=None,
+    chunk_size: int = 250,
+    progress_bar: bool | None = None,
+    algorithm_settings: dict | None = None,
+) -> Posterior:
+    """Run a particle algorithm on ``model`` and return the particles as a Posterior.
+
+    ``make_algorithm(logdensity_fn, **algorithm_settings) -> ParticleAlgorithm`` must be a
+    module-level function (it is a static argument of the compiled chunk); settings are
+    passed as arrays so that new values do not recompile.
+    """
+    from ppl.inference.vi.flow import NonFiniteError
+    from ppl.inference.vi.flows import laplace_approximation
+
+    if not isinstance(model, AbstractModel):
+        raise TypeError(f"Expected a ppl Model, got {type(model).__name__}.")
+    if model.discrete_sites:
+        raise ValueError(f"{engine} needs continuous latents; got discrete site(s) "
+                         f"{list(model.discrete_sites)}.")
+    num_particles = _check_int("num_particles", num_particles, 2)
+    num_iterations = _check_int("num_iterations", num_iterations)
+    chunk_size = min(_check_int("chunk_size", chunk_size), num_iterations)
+    if init not in ("laplace", "prior"):
+        raise ValueError(f"Expected init 'laplace' or 'prior', got {init!r}.")
+    start_time = time.perf_counter()
+    lap_key, init_key, run_key = jax.random.split(key, 3)
+    dim = model.dim
+    if whiten:
+        laplace = laplace_approximation(lap_key, model)
+        loc, scale = laplace.mode, laplace.scale
+    else:
+        loc, scale = jnp.zeros(dim), jnp.eye(dim)
+    inverse = jnp.linalg.inv(scale)
+    if initial_positions is not None:
+        z0 = jnp.asarray(initial_positions, dtype=jnp.result_type(float))
+        if z0.shape != (num_particles, dim):
+            raise ValueError(f"Expected initial_positions of shape ({num_particles}, {dim}), "
+                             f"got {z0.shape}.")
+        u0 = (z0 - loc) @ inverse.T
+    elif init == "prior":
+        u0 = (model.sample_prior(init_key, num_particles) - loc) @ inverse.T
+    elif whiten:
+        u0 = jax.random.normal(init_key, (num_particles, dim))
+    else:
+        u0 = jax.vmap(model.init_position)(jax.random.split(init_key, num_particles))
+    if not np.all(np.isfinite(np.asarray(u0))):
+        raise ValueError("Expected finite initial particles, got NaN/inf.")
+    u0 = shard_particles(u0)
+    algorithm_settings = {k: jnp.asarray(v) for k, v in (algorithm_settings or {}).items()}
+    state = _init(model, loc, scale, u0, make_algorithm, algorithm_settings)
+    infos = []
+    num_chunks = -(-num_iterations // chunk_size)
+    show = ProgressBar.wanted(progress_bar)
+    done = 0
+    with ProgressBar(num_iterations if show else 0, desc=engine) as bar:
+        for chunk in range(num_chunks):
+            steps = min(chunk_size, num_iterations - done)
+            new_state, info = _run_chunk(model, loc, scale, state,
+                                         jax.random.fold_in(run_key, chunk),
+                                         make_algorithm, algorithm_settings, steps)
+            if not np.all(np.isfinite(np.asarray(new_state.position))):
+                raise NonFiniteError(
+                    f"{engine}: particles became non-finite between iterations {done} and "
+                    f"{done + steps}; the last good state (iteration {done}) is on this "
+                    "error's .state. Check the log-density (and, for SVGD, lower step_size).",
+                    step=done, state=state,
+                )
+            state = new_state
+            infos.append(info)
+            done += steps
+            bar.update_to(done)
+    z, values = _constrain(model, loc, scale, state.position)
+    history = {
+        "mean_abs_direction": np.concatenate([np.asarray(i.mean_abs_direction) for i in infos]),
+        "bandwidth": np.concatenate([np.asarray(i.bandwidth) for i in infos]),
+    }
+    meta = {
+        "engine": engine,
+        "settings": {"num_particles": num_particles, "num_iterations": num_iterations,
+                     "whiten": whiten, "init": init,
+                     **{k: np.asarray(v).tolist() for k, v in algorithm_settings.items()}},
+        "wall_time": time.perf_counter() - start_time,
+        "num_gradient_evals": num_particles * num_iterations,
+        "num_devices": len(jax.devices()),
+        "warnings": [],
+    }
+    return Posterior(
+        samples={k: np.asarray(v)[None] for k, v in values.items()},
+        history=history,
+        meta=meta,
+        unconstrained=np.asarray(z)[None],
+    )
