@@ -22,6 +22,9 @@ _HISTORY_GROUP = "ppl_history"
 def _az():
     import arviz as az
 
+    if az.Numba.numba_flag:
+        # ArviZ 0.23's numba path calls float() on 1-element arrays, an error under numpy 2.4.
+        az.Numba.disable_numba()
     return az
 
 
@@ -134,3 +137,11 @@ def load(path) -> Posterior:
         meta=meta,
         log_likelihood=log_likelihood,
     )
+
+
+def mcse(samples: np.ndarray, method: str = "mean") -> np.ndarray:
+    """Monte Carlo standard error of ``(chain, draw, ...)`` draws, one per scalar."""
+    az = _az()
+    x = np.asarray(samples)
+    flat = x.reshape(x.shape[:2] + (-1,))
+    return np.asarray(az.mcse(az.convert_to_dataset(flat), method=method)["x"]).reshape(x.shape[2:])

@@ -100,6 +100,11 @@ class AbstractModel(eqx.Module):
         return None
 
     @property
+    def num_observations(self) -> int:
+        """Number of pointwise log-likelihood terms (0 when unknown)."""
+        return 0
+
+    @property
     def discrete_sites(self) -> tuple[str, ...]:
         """Latent sites with discrete support (gradient engines refuse them)."""
         return ()

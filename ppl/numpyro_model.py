@@ -79,6 +79,7 @@ class NumPyroModel(AbstractModel):
     _dim: int = eqx.field(static=True)
     _deterministic: tuple[str, ...] = eqx.field(static=True)
     _observed_names: tuple[str, ...] = eqx.field(static=True)
+    _observed_size: int = eqx.field(static=True)
 
     @property
     def dim(self) -> int:
@@ -87,6 +88,10 @@ class NumPyroModel(AbstractModel):
     @property
     def sites(self) -> tuple[SiteInfo, ...]:
         return self._sites
+
+    @property
+    def num_observations(self) -> int:
+        return self._observed_size
 
     @property
     def observed_sites(self) -> tuple[str, ...]:
@@ -260,10 +265,11 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         offset += size
     if not sites:
         raise ValueError(f"Model '{model_fn.__name__}' has no latent sample sites to infer.")
-    observed_names = []
+    observed_names, observed_size = [], 0
     for site in _observed_sites(trace):
         check_finite_data(site["name"], site["value"])
         observed_names.append(site["name"])
+        observed_size += int(np.prod(jnp.shape(_site_log_prob(site))))
     deterministic = tuple(s["name"] for s in trace.values() if s["type"] == "deterministic")
     return NumPyroModel(
         model_fn=model_fn,
@@ -274,4 +280,5 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         _dim=offset,
         _deterministic=deterministic,
         _observed_names=tuple(observed_names),
+        _observed_size=observed_size,
     )

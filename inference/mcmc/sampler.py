@@ -351,7 +351,7 @@ def sample(
     samples = {k: np.asarray(v) for k, v in values.items()}
     stats = {k: np.asarray(v) for k, v in stats.items()}
     pointwise = None
-    obs_size = _pointwise_size(model, z)
+    obs_size = model.num_observations * num_chains * num_samples
     if log_likelihood or (log_likelihood is None and 0 < obs_size <= 5_000_000):
         pw = _pointwise(model, z)
         pointwise = {k: np.asarray(v) for k, v in pw.items()} if pw else None
@@ -372,17 +372,6 @@ def sample(
         log_likelihood=pointwise,
         unconstrained=np.asarray(z),
     )
-
-
-def _pointwise_size(model, z) -> int:
-    try:
-        shapes = jax.eval_shape(model.pointwise_log_likelihood, z[0, 0])
-    except Exception:  # a model without pointwise terms
-        return 0
-    if not shapes:
-        return 0
-    per_draw = sum(int(np.prod(s.shape)) for s in jax.tree_util.tree_leaves(shapes))
-    return per_draw * z.shape[0] * z.shape[1]
 
 
 def sample_nuts(key, model, **settings) -> Posterior:
