@@ -1,0 +1,195 @@
+"""Particle filters on a linear-Gaussian state-space model against a Kalman filter.
+
+Unbiasedness: the mean of Zhat / Z over independent runs is within Monte Carlo error of 1
+(|mean - 1| / MCSE < z_{1 - ALPHA/2}); a filter run on a misspecified model (wrong
+observation noise) is the negative control. Filtering means are compared per step in units
+of their Monte Carlo error across runs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from ppl.inference import smc
+
+ALPHA = 0.001
+Z_CRIT = stats.norm.ppf(1 - ALPHA / 2)
+A, Q, R, P0 = 0.9, 0.5, 1.0, 1.0  # x_t = A x_{t-1} + N(0, Q); y_t = x_t + N(0, R); x_0 ~ N(0, P0)
+T = 30
+
+
+def _data():
+    rng = np.random.default_rng(3)
+    x = np.zeros(T)
+    x[0] = rng.normal(0, np.sqrt(P0))
+    for t in range(1, T):
+        x[t] = A * x[t - 1] + rng.normal(0, np.sqrt(Q))
+    return (x + rng.normal(0, np.sqrt(R), T)).astype(np.float32)
+
+
+def kalman(y, r=R):
+    """Filtering means/variances, smoothing means (RTS) and the log-likelihood."""
+    m, p, ll = 0.0, P0, 0.0
+    ms, ps, mp, pp = [], [], [], []
+    for t, yt in enumerate(np.asarray(y, np.float64)):
+        if t > 0:
+            m, p = A * m, A * A * p + Q
+        mp.append(m), pp.append(p)
+        s = p + r
+        ll += stats.norm.logpdf(yt, m, np.sqrt(s))
+        k = p / s
+        m, p = m + k * (yt - m), (1 - k) * p
+        ms.append(m), ps.append(p)
+    sm = list(ms)
+    for t in range(len(y) - 2, -1, -1):
+        g = ps[t] * A / pp[t + 1]
+        sm[t] = ms[t] + g * (sm[t + 1] - mp[t + 1])
+    return np.array(ms), np.array(ps), np.array(sm), ll
+
+
+def make_ssm(r=R):
+    return smc.StateSpaceModel(
+        sample_initial=lambda key, n: jnp.sqrt(P0) * jax.random.normal(key, (n,)),
+        sample_transition=lambda key, t, x: A * x + jnp.sqrt(Q) * jax.random.normal(key, x.shape),
+        log_observation=lambda t, x, y: jax.scipy.stats.norm.logpdf(y, x, jnp.sqrt(r)),
+        log_initial=lambda x: jax.scipy.stats.norm.logpdf(x, 0.0, jnp.sqrt(P0)),
+        log_transition=lambda t, prev, x: jax.scipy.stats.norm.logpdf(x, A * prev, jnp.sqrt(Q)),
+    )
+
+
+SSM = make_ssm()
+Y = _data()
+
+
+def _ratio_test(log_z_hat, log_z):
+    ratio = np.exp(np.asarray(log_z_hat, np.float64) - log_z)
+    mcse = ratio.std(ddof=1) / np.sqrt(ratio.size)
+    return abs(ratio.mean() - 1.0) / mcse
+
+
+def test_likelihood_unbiased_and_filtering_means():
+    kf_mean, kf_var, _, log_z = kalman(Y)
+    runs = [smc.particle_filter(jax.random.key(i), SSM, Y, num_particles=256) for i in range(100)]
+    assert _ratio_test([r.log_likelihood for r in runs], log_z) < Z_CRIT
+    means = np.stack([np.asarray(r.filtering_mean) for r in runs])
+    err = np.abs(means.mean(0) - kf_mean) / (means.std(0, ddof=1) / np.sqrt(len(runs)))
+    # Bonferroni over the T steps (the O(1/N) bias is far below this MC error).
+    assert err.max() < stats.norm.ppf(1 - ALPHA / (2 * T))
+    # Filtering variances: the weighted variance estimates the Kalman variance.
+    # Weighted variances, debiased with the effective sample size (v * ESS / (ESS - 1)).
+    variances = np.stack([
+        np.asarray(r.filtering_variance) * np.asarray(r.ess) / (np.asarray(r.ess) - 1)
+        for r in runs
+    ])
+    err = np.abs(variances.mean(0) - kf_var) / (variances.std(0, ddof=1) / np.sqrt(len(runs)))
+    assert err.max() < stats.norm.ppf(1 - ALPHA / (2 * T))
+    assert np.all(np.asarray(runs[0].ess) > 0) and 0 < int(np.sum(runs[0].resampled)) < T
+
+
+def test_negative_control_misspecified_filter_is_flagged():
+    # The filter run on perturbed data estimates another likelihood (same compiled program).
+    _, _, _, log_z = kalman(Y)
+    runs = [smc.particle_filter(jax.random.key(i), SSM, 1.3 * Y, num_particles=256)
+            for i in range(30)]
+    assert _ratio_test([r.log_likelihood for r in runs], log_z) > Z_CRIT
+
+
+def test_guided_filter_with_optimal_proposal():
+    """Locally optimal proposal: unbiased, and its log-likelihood varies much less."""
+    _, _, _, log_z = kalman(Y)
+
+    def post(prev_mean, prev_var, y):
+        var = 1.0 / (1.0 / prev_var + 1.0 / R)
+        return var * (prev_mean / prev_var + y / R), var
+
+    def sample_initial(key, n, y):
+        m, v = post(0.0, P0, y)
+        return m + jnp.sqrt(v) * jax.random.normal(key, (n,))
+
+    def sample_transition(key, t, prev, y):
+        m, v = post(A * prev, Q, y)
+        return m + jnp.sqrt(v) * jax.random.normal(key, prev.shape)
+
+    proposal = smc.Proposal(
+        sample_initial=sample_initial,
+        log_initial=lambda x, y: jax.scipy.stats.norm.logpdf(x, *_ms(post(0.0, P0, y))),
+        sample_transition=sample_transition,
+        log_transition=lambda t, prev, x, y: jax.scipy.stats.norm.logpdf(
+            x, *_ms(post(A * prev, Q, y))),
+    )
+    guided = [smc.particle_filter(jax.random.key(i), SSM, Y, num_particles=256,
+                                  proposal=proposal).log_likelihood for i in range(40)]
+    boot = [smc.particle_filter(jax.random.key(i), SSM, Y, num_particles=256).log_likelihood
+            for i in range(40)]
+    assert _ratio_test(guided, log_z) < Z_CRIT
+    # One-sided F test: the guided filter's log-likelihood has smaller variance.
+    f = np.var(guided, ddof=1) / np.var(boot, ddof=1)
+    assert stats.f.cdf(f, 39, 39) < ALPHA
+
+
+def _ms(mean_var):
+    return mean_var[0], jnp.sqrt(mean_var[1])
+
+
+def test_ancestor_tracing_and_particle_gibbs_match_smoother():
+    """Particle Gibbs (conditional SMC + ancestor tracing) targets p(x_{0:T-1} | y).
+
+    The chain's mean of x_t is compared with the RTS smoother in units of its batch-means MCSE.
+    """
+    _, _, smooth_mean, _ = kalman(Y)
+    res = smc.particle_filter(jax.random.key(0), SSM, Y, num_particles=128, store_history=True)
+    paths = res.smoothed_trajectories(jax.random.key(1), 5)
+    assert paths.shape == (5, T)
+    # The traced paths end in final particles and follow the stored ancestors.
+    assert np.all(np.isin(np.asarray(paths[:, -1]), np.asarray(res.particles)))
+
+    reference = jnp.asarray(smooth_mean, jnp.float32) * 0.0
+    draws = []
+    key = jax.random.key(2)
+    for i in range(250):
+        key, sub = jax.random.split(key)
+        reference = smc.particle_gibbs_step(sub, SSM, Y, reference, num_particles=20)
+        draws.append(np.asarray(reference))
+    draws = np.stack(draws[50:])  # drop burn-in
+    batches = draws.reshape(10, -1, T).mean(1)
+    mcse = batches.std(0, ddof=1) / np.sqrt(10)
+    err = np.abs(draws.mean(0) - smooth_mean) / mcse
+    # Batch means with 10 batches: Student-t with 9 dof, Bonferroni over T.
+    assert err.max() < stats.t.ppf(1 - ALPHA / (2 * T), df=9)
+
+
+def test_no_recompilation_for_new_data_and_keys():
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, *a, **k: compiles.append(event) if "backend_compile" in event else None
+    )
+    smc.particle_filter(jax.random.key(0), SSM, Y, num_particles=256)
+    before = len(compiles)
+    smc.particle_filter(jax.random.key(1), SSM, Y + 1.0, num_particles=256)
+    smc.particle_filter(jax.random.key(2), SSM, -Y, num_particles=256)
+    assert len(compiles) == before
+
+
+def test_bad_inputs_name_the_problem():
+    def nan_at_3(t, x, y):
+        return jnp.where(t == 3, jnp.nan, jax.scipy.stats.norm.logpdf(y, x, 1.0))
+
+    # An observation no particle can explain: its density underflows to zero everywhere.
+    outlier = Y.copy()
+    outlier[5] = 1e20
+    with pytest.raises(ValueError, match="All particle weights are zero.*time step 5"):
+        smc.particle_filter(jax.random.key(0), SSM, outlier, num_particles=256)
+    nan = smc.StateSpaceModel(SSM.sample_initial, SSM.sample_transition, nan_at_3)
+    with pytest.raises(ValueError, match="NaN.*time step 3"):
+        smc.particle_filter(jax.random.key(0), nan, Y, num_particles=256)
+    with pytest.raises(ValueError, match="ess_threshold"):
+        smc.particle_filter(jax.random.key(0), SSM, Y, ess_threshold=1.5)
+    with pytest.raises(ValueError, match="num_particles"):
+        smc.particle_filter(jax.random.key(0), SSM, Y, num_particles=0)
+    with pytest.raises(ValueError, match="finite observations"):
+        smc.particle_filter(jax.random.key(0), SSM, np.array([1.0, np.nan]), num_particles=5)
+    with pytest.raises(ValueError, match="log_initial and log_transition"):
+        bare = smc.StateSpaceModel(SSM.sample_initial, SSM.sample_transition, SSM.log_observation)
+        smc.particle_filter(jax.random.key(0), bare, Y, proposal=smc.Proposal(*[None] * 4))
