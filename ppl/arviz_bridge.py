@@ -145,3 +145,24 @@ def mcse(samples: np.ndarray, method: str = "mean") -> np.ndarray:
     x = np.asarray(samples)
     flat = x.reshape(x.shape[:2] + (-1,))
     return np.asarray(az.mcse(az.convert_to_dataset(flat), method=method)["x"]).reshape(x.shape[2:])
+
+
+def _figure_of(axes):
+    return np.asarray(axes).ravel()[0].figure
+
+
+def plot_trace(post: Posterior, var_names: list[str] | None = None):
+    """Trace plot (density and draws per chain); returns the matplotlib figure."""
+    return _figure_of(_az().plot_trace(to_inference_data(post), var_names=var_names, compact=True))
+
+
+def plot_rank(post: Posterior, var_names: list[str] | None = None):
+    """Rank plot per chain (uniform when chains agree); returns the matplotlib figure."""
+    return _figure_of(_az().plot_rank(to_inference_data(post), var_names=var_names))
+
+
+def plot_posterior(post: Posterior, var_names: list[str] | None = None, ref_val=None):
+    """Marginal posteriors with HDI; returns the matplotlib figure."""
+    return _figure_of(
+        _az().plot_posterior(to_inference_data(post), var_names=var_names, ref_val=ref_val)
+    )

@@ -1,0 +1,148 @@
+"""The ``ppl`` command line: ``demo``, ``run``, ``engines``, ``models``, ``coverage``, ``lm``.
+
+Subcommands owned by other packages are attached through ``add_parser(subparsers)`` /
+``run(args)`` hooks, imported lazily so that ``ppl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+__all__ = ["main", "resolve_model"]
+
+# name -> module providing add_parser(subparsers) and run(args)
+_PLUGINS = {
+    "coverage": "ppl.diagnostics.coverage_cli",
+    "lm": "ppl.models.lm.cli",
+}
+
+
+def resolve_model(spec: str):
+    """A Model from a zoo name (``eight_schools``) or ``module:function`` (a NumPyro model
+    taking no arguments, or a function returning a ppl Model)."""
+    import ppl
+    from ppl import models
+
+    if ":" in spec:
+        module_name, function_name = spec.split(":", 1)
+        sys.path.insert(0, str(Path.cwd()))
+        fn = getattr(importlib.import_module(module_name), function_name)
+        result = fn() if getattr(fn, "_ppl_returns_model", False) else None
+        if isinstance(result, ppl.AbstractModel):
+            return result
+        return ppl.from_numpyro(fn)
+    return models.get(spec).build()
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def _settings(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SystemExit(f"Expected setting as key=value, got {pair!r}.")
+        k, v = pair.split("=", 1)
+        out[k.replace("-", "_")] = _parse_value(v)
+    return out
+
+
+def _cmd_demo(args) -> int:
+    from ppl.diagnostics.demo import run_demo
+
+    try:
+        run_demo(args.out, quick=args.quick, seed=args.seed, engines=not args.nuts_only)
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import jax
+
+    import ppl
+
+    model = resolve_model(args.model)
+    post = ppl.infer(model, args.method, key=jax.random.key(args.seed), **_settings(args.set))
+    print(post)
+    print(post.summary().to_string(max_rows=60))
+    if post.log_evidence is not None:
+        print(f"log evidence: {post.log_evidence:.4f}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        post.save(out / "posterior.nc", overwrite=args.overwrite)
+        print(f"saved {out / 'posterior.nc'}")
+    return 0
+
+
+def _cmd_engines(args) -> int:
+    import ppl
+
+    for name, spec in sorted(ppl.available_engines().items()):
+        print(f"{name:12s} {spec.description}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from ppl import models
+
+    for name in models.names(args.tag):
+        entry = models.get(name)
+        print(f"{name:50s} {entry.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ppl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="fit the built-in models and write a report")
+    demo.add_argument("--out", default="reports/demo", help="report directory")
+    demo.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--nuts-only", action="store_true", help="skip the other engines")
+    demo.set_defaults(func=_cmd_demo)
+
+    run = sub.add_parser("run", help="run one engine on one model")
+    run.add_argument("model", help="zoo name (see `ppl models`) or module:function")
+    run.add_argument("--method", default="nuts", help="engine (see `ppl engines`)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                     help="engine settings, e.g. --set num_samples=500 num_chains=2")
+    run.add_argument("--out", help="directory to save posterior.nc in")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing posterior.nc")
+    run.set_defaults(func=_cmd_run)
+
+    engines = sub.add_parser("engines", help="list the inference engines")
+    engines.set_defaults(func=_cmd_engines)
+    zoo = sub.add_parser("models", help="list the zoo models")
+    zoo.add_argument("--tag", help="only models with this tag")
+    zoo.set_defaults(func=_cmd_models)
+
+    for name, module_name in _PLUGINS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
