@@ -1,0 +1,250 @@
+"""SMC benchmark (not a test): ppl's particle filter and tempered SMC against anchor libraries.
+
+1. Bootstrap filter, stochastic volatility (mu=-1.02, rho=0.9702, sigma=0.178), T=1000,
+   N=10,000, systematic resampling at ESS < N/2: ppl (float32, rbg keys) vs ``particles`` 0.3.
+2. Tempered SMC on a logistic regression (N=10,000, D=25), 1000 particles: ppl (waste-free
+   random walk, and HMC) vs BlackJAX's adaptive tempered SMC (modest settings).
+3. The two-mode mixture: log-evidence error and mode-weight error against exact values.
+
+Run: ``python bench/smc.py [--quick]``; writes bench/results/smc.json and smc.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import special, stats
+
+import ppl
+from ppl.inference import smc
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+MU, RHO, SIGMA = -1.02, 0.9702, 0.178
+
+
+def sv_data(num_steps, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.empty(num_steps)
+    x[0] = MU + SIGMA / np.sqrt(1 - RHO**2) * rng.normal()
+    for t in range(1, num_steps):
+        x[t] = MU + RHO * (x[t - 1] - MU) + SIGMA * rng.normal()
+    return (np.exp(0.5 * x) * rng.normal(size=num_steps)).astype(np.float32)
+
+
+def sv_ssm():
+    sd0 = SIGMA / np.sqrt(1 - RHO**2)
+    return smc.StateSpaceModel(
+        sample_initial=lambda key, n: MU + sd0 * jax.random.normal(key, (n,)),
+        sample_transition=lambda key, t, x: MU + RHO * (x - MU)
+        + SIGMA * jax.random.normal(key, x.shape),
+        log_observation=lambda t, x, y: -0.5 * (jnp.log(2 * jnp.pi) + x + y**2 * jnp.exp(-x)),
+    )
+
+
+def bench_filter(num_reps):
+    import particles
+    from particles import state_space_models as ssms
+
+    y = sv_data(1000)
+    ssm = sv_ssm()
+    n = 10_000
+    first = time.perf_counter()
+    smc.particle_filter(jax.random.key(0), ssm, y, num_particles=n)
+    compile_time = time.perf_counter() - first
+    ppl_ll, ppl_times = [], []
+    for i in range(num_reps):
+        res = smc.particle_filter(jax.random.key(i + 1), ssm, y, num_particles=n)
+        ppl_times.append(res.meta["wall_time"])
+        ppl_ll.append(float(res.log_likelihood))
+    fk = ssms.Bootstrap(ssm=ssms.StochVol(mu=MU, rho=RHO, sigma=SIGMA), data=y)
+    pc_ll, pc_times = [], []
+    for i in range(num_reps):
+        np.random.seed(i)
+        alg = particles.SMC(fk=fk, N=n, resampling="systematic", ESSrmin=0.5,
+                            collect=None, store_history=False, verbose=False)
+        start = time.perf_counter()
+        alg.run()
+        pc_times.append(time.perf_counter() - start)
+        pc_ll.append(float(alg.logLt))
+    ppl_ll, pc_ll = np.array(ppl_ll), np.array(pc_ll)
+    diff_se = np.sqrt(ppl_ll.var(ddof=1) / num_reps + pc_ll.var(ddof=1) / num_reps)
+    return {
+        "ppl_seconds_median": float(np.median(ppl_times)),
+        "particles_seconds_median": float(np.median(pc_times)),
+        "speedup": float(np.median(pc_times) / np.median(ppl_times)),
+        "ppl_compile_seconds": compile_time,
+        "ppl_log_likelihood_mean": float(ppl_ll.mean()), "ppl_log_likelihood_sd": float(ppl_ll.std(ddof=1)),
+        "particles_log_likelihood_mean": float(pc_ll.mean()),
+        "particles_log_likelihood_sd": float(pc_ll.std(ddof=1)),
+        "difference_in_standard_errors": float(abs(ppl_ll.mean() - pc_ll.mean()) / diff_se),
+        "num_reps": num_reps,
+    }
+
+
+def logistic_data(num_data=10_000, dim=25, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(num_data, dim)).astype(np.float32)
+    beta = (0.5 * rng.normal(size=dim)).astype(np.float32)
+    y = (rng.uniform(size=num_data) < special.expit(x @ beta)).astype(np.float32)
+    return x, y
+
+
+def _logistic_loglik(beta, data):
+    x, y = data
+    logits = x @ beta
+    return jnp.sum(y * logits - jnp.logaddexp(0.0, logits))
+
+
+def _logistic_logprior(beta, data):
+    return jnp.sum(jax.scipy.stats.norm.logpdf(beta))
+
+
+def bench_tempered(num_seeds, quick):
+    x, y = logistic_data()
+    dim = x.shape[1]
+    model = ppl.from_logdensity(
+        _logistic_loglik, jnp.zeros(dim), data=(jnp.asarray(x), jnp.asarray(y)),
+        log_prior_fn=_logistic_logprior,
+        sample_prior_fn=lambda key, n: jax.random.normal(key, (n, dim)),
+    )
+    out = {}
+    configs = {"ppl_waste_free_rw": dict(kernel="rw", waste_free=True, chain_length=20)}
+    if not quick:
+        configs["ppl_hmc"] = dict(kernel="hmc", num_integration_steps=10, max_mcmc_steps=10)
+    for name, settings in configs.items():
+        ppl.infer(model, "smc", key=100, num_particles=1000, progress_bar=False, **settings)
+        log_z, times, temps = [], [], []
+        for seed in range(num_seeds):
+            post = ppl.infer(model, "smc", key=seed, num_particles=1000, progress_bar=False,
+                             **settings)
+            log_z.append(post.log_evidence)
+            times.append(post.meta["wall_time"])
+            temps.append(post.meta["num_temperatures"])
+        out[name] = {"log_evidence_mean": float(np.mean(log_z)),
+                     "log_evidence_sd": float(np.std(log_z, ddof=1)),
+                     "seconds_median": float(np.median(times)),
+                     "num_temperatures_median": float(np.median(temps)), "settings": settings}
+    out["blackjax"] = bench_blackjax(model, x, y, num_seeds=1 if quick else 2)
+    return out
+
+
+def bench_blackjax(model, x, y, num_seeds):
+    import blackjax
+    from blackjax.smc import extend_params
+    from blackjax.smc.resampling import systematic
+
+    dim = x.shape[1]
+    data = (jnp.asarray(x), jnp.asarray(y))
+    loglik = lambda b: _logistic_loglik(b, data)  # noqa: E731
+    logprior = lambda b: _logistic_logprior(b, data)  # noqa: E731
+    params = extend_params({"step_size": 0.01, "inverse_mass_matrix": jnp.ones(dim),
+                            "num_integration_steps": 10})
+    algo = blackjax.adaptive_tempered_smc(
+        logprior, loglik, blackjax.hmc.build_kernel(), blackjax.hmc.init, params,
+        systematic, 0.5, num_mcmc_steps=10,
+    )
+    step = jax.jit(algo.step)
+
+    def run(seed):
+        key = jax.random.key(seed)
+        state = algo.init(jax.random.normal(key, (1000, dim)))
+        log_z, k = 0.0, 0
+        while float(state.tempering_param) < 1.0:
+            key, sub = jax.random.split(key)
+            state, info = step(sub, state)
+            log_z += float(info.log_likelihood_increment)
+            k += 1
+        return log_z, k
+
+    start = time.perf_counter()
+    run(1000)
+    first = time.perf_counter() - start
+    results = []
+    for seed in range(num_seeds):
+        start = time.perf_counter()
+        log_z, k = run(seed)
+        results.append((log_z, time.perf_counter() - start, k))
+    log_z = [r[0] for r in results]
+    return {"log_evidence_mean": float(np.mean(log_z)),
+            "log_evidence_sd": float(np.std(log_z, ddof=1)) if len(log_z) > 1 else None,
+            "seconds_median": float(np.median([r[1] for r in results])),
+            "num_temperatures_median": float(np.median([r[2] for r in results])),
+            "first_run_seconds": first,
+            "settings": "HMC, 10 leapfrog steps of 0.01, unit mass, 10 moves, target ESS 0.5"}
+
+
+def bench_mixture(num_seeds):
+    locs, scales, weights, prior_sd = np.array([-2.0, 2.5]), np.array([0.3, 0.4]), np.array([0.7, 0.3]), 3.0
+
+    def log_lik(z):
+        return special_lse(jnp.log(weights) + jax.scipy.stats.norm.logpdf(z["z"], locs, scales))
+
+    special_lse = jax.scipy.special.logsumexp
+    model = ppl.from_logdensity(
+        log_lik, {"z": jnp.zeros(())},
+        log_prior_fn=lambda z: jax.scipy.stats.norm.logpdf(z["z"], 0.0, prior_sd),
+        sample_prior_fn=lambda key, n: {"z": prior_sd * jax.random.normal(key, (n,))},
+    )
+    log_joint = np.log(weights) + stats.norm.logpdf(locs, 0.0, np.sqrt(prior_sd**2 + scales**2))
+    log_z = special.logsumexp(log_joint)
+    right = np.exp(log_joint - log_z)[1]
+    est_z, est_w = [], []
+    for seed in range(num_seeds):
+        post = ppl.infer(model, "smc", key=seed, num_particles=1000, kernel="rw", progress_bar=False)
+        est_z.append(post.log_evidence)
+        est_w.append(float(np.sum(post.weights * (post.samples["z"] > 0))))
+    est_z, est_w = np.array(est_z), np.array(est_w)
+    return {"exact_log_evidence": float(log_z), "log_evidence_bias": float(est_z.mean() - log_z),
+            "log_evidence_rmse": float(np.sqrt(np.mean((est_z - log_z) ** 2))),
+            "exact_mode_weight": float(right), "mode_weight_bias": float(est_w.mean() - right),
+            "mode_weight_rmse": float(np.sqrt(np.mean((est_w - right) ** 2))),
+            "num_seeds": num_seeds, "num_particles": 1000}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    results = {"device": str(jax.devices()[0]), "jax": jax.__version__}
+    results["sv_filter"] = bench_filter(num_reps=5 if args.quick else 20)
+    print(json.dumps(results["sv_filter"], indent=1))
+    results["mixture"] = bench_mixture(num_seeds=10 if args.quick else 30)
+    print(json.dumps(results["mixture"], indent=1))
+    results["logistic_tempered"] = bench_tempered(num_seeds=2 if args.quick else 5, quick=args.quick)
+    print(json.dumps(results["logistic_tempered"], indent=1))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "smc.json").write_text(json.dumps(results, indent=1))
+    f, m, lt = results["sv_filter"], results["mixture"], results["logistic_tempered"]
+    lines = [
+        "# SMC benchmark", "",
+        "| task | ppl | anchor | ratio | accuracy |", "|---|---|---|---|---|",
+        f"| SV bootstrap filter T=1000 N=10k | {f['ppl_seconds_median']:.3f} s | particles 0.3: "
+        f"{f['particles_seconds_median']:.3f} s | {f['speedup']:.1f}x | log-lik {f['ppl_log_likelihood_mean']:.2f} "
+        f"± {f['ppl_log_likelihood_sd']:.2f} vs {f['particles_log_likelihood_mean']:.2f} ± "
+        f"{f['particles_log_likelihood_sd']:.2f} ({f['difference_in_standard_errors']:.1f} SE) |",
+    ]
+    bj = lt["blackjax"]
+    for name, r in lt.items():
+        if name == "blackjax":
+            continue
+        lines.append(
+            f"| tempered SMC logistic N=10k D=25, 1000 particles ({name}) | {r['seconds_median']:.1f} s, "
+            f"log Z sd {r['log_evidence_sd']:.2f} | BlackJAX adaptive tempered: {bj['seconds_median']:.1f} s"
+            f", log Z {bj['log_evidence_mean']:.2f} | {bj['seconds_median'] / r['seconds_median']:.1f}x | "
+            f"log Z {r['log_evidence_mean']:.2f} |")
+    lines.append(
+        f"| two-mode mixture, 1000 particles, {m['num_seeds']} seeds | log Z bias {m['log_evidence_bias']:+.3f}"
+        f" (rmse {m['log_evidence_rmse']:.3f}); mode weight bias {m['mode_weight_bias']:+.3f} (rmse "
+        f"{m['mode_weight_rmse']:.3f}) | exact | | exact weight {m['exact_mode_weight']:.3f} |")
+    (RESULTS / "smc.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
