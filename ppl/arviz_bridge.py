@@ -148,7 +148,9 @@ def mcse(samples: np.ndarray, method: str = "mean") -> np.ndarray:
 
 
 def _figure_of(axes):
-    return np.asarray(axes).ravel()[0].figure
+    fig = np.asarray(axes).ravel()[0].figure
+    fig.tight_layout()
+    return fig
 
 
 def plot_trace(post: Posterior, var_names: list[str] | None = None):

@@ -1,0 +1,49 @@
+"""The quickstart notebook runs (small settings), and the command line works end to end."""
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from ppl import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_notebook_executes(monkeypatch):
+    monkeypatch.setenv("PPL_NOTEBOOK_SMALL", "1")
+    nb = nbformat.read(ROOT / "notebooks" / "01_quickstart.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+
+
+def test_cli_run_prints_a_summary_and_saves(tmp_path, capsys):
+    code = cli.main(["run", "conjugate_normal", "--method", "nuts", "--out", str(tmp_path),
+                     "--set", "num_chains=2", "num_warmup=100", "num_samples=100",
+                     "progress_bar=false"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "mu" in out and "r_hat" in out
+    assert (tmp_path / "posterior.nc").exists()
+    # A second run refuses to overwrite what the user saved.
+    with pytest.raises(FileExistsError):
+        cli.main(["run", "conjugate_normal", "--out", str(tmp_path),
+                  "--set", "num_chains=1", "num_warmup=10", "num_samples=10"])
+
+
+def test_cli_lists_engines_and_models(capsys):
+    assert cli.main(["engines"]) == 0
+    assert "nuts" in capsys.readouterr().out
+    assert cli.main(["models", "--tag", "closed_form"]) == 0
+    assert "conjugate_normal" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_settings():
+    with pytest.raises(SystemExit, match="key=value"):
+        cli.main(["run", "conjugate_normal", "--set", "num_samples"])
+    with pytest.raises(ValueError, match="Unknown model"):
+        cli.main(["run", "no_such_model"])
