@@ -162,8 +162,8 @@ class CoverageRun:
                 "total_gradient_evals": int(np.sum(diag["num_gradient_evals"])),
                 "sims_with_divergences": int(np.sum(diag["num_divergences"] > 0)),
                 "total_divergences": int(np.sum(diag["num_divergences"])),
-                "min_ess": float(np.nanmin(diag["min_ess"])),
-                "max_rhat": float(np.nanmax(diag["max_rhat"])),
+                "min_ess": _nan_reduce(np.nanmin, diag["min_ess"]),
+                "max_rhat": _nan_reduce(np.nanmax, diag["max_rhat"]),
                 "sims_with_warnings": int(np.sum(diag["num_warnings"] > 0)),
                 "compilations_first_sim": int(self.num_compilations[0]),
                 "compilations_after_first_sim": int(
@@ -171,6 +171,11 @@ class CoverageRun:
                 ),
             },
         }
+
+
+def _nan_reduce(fn, x) -> float | None:
+    x = np.asarray(x, dtype=float)
+    return None if np.all(np.isnan(x)) else float(fn(x))
 
 
 def _jsonable(obj):

@@ -102,7 +102,7 @@ def report_sections(run: CoverageRun, title: str = "") -> list[Section]:
         f"compiled engine). Simulations with divergences: {eng['sims_with_divergences']}; "
         f"with engine warnings: {eng['sims_with_warnings']}.</p>"
     )
-    if np.nanmin(d["min_ess"]) < run.draws.shape[1]:
+    if eng["min_ess"] is not None and eng["min_ess"] < run.draws.shape[1]:
         note += (
             '<div class="warn">Some simulations have an ESS below the number of rank draws: '
             "ranks of autocorrelated draws are not uniform even for a correct sampler. Run "
