@@ -128,7 +128,7 @@ def build_step(model, static, optimizer, *, num_samples: int = 16,
 
     def step(key, state: FlowVIState):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, key)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -335,10 +335,10 @@ def fit(
     else:
         laplace = None
         loc, scale = jnp.zeros(dim), jnp.eye(dim)
-    value, grad = jax.value_and_grad(model.log_density)(loc)
-    if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+    value = float(_flows._batch_log_density(model, loc[None])[0])
+    if not np.isfinite(value):
         raise ValueError(f"Expected a finite log-density and gradient at the starting point, "
-                         f"got {float(value)} (gradient finite: {bool(np.all(np.isfinite(grad)))}).")
+                         f"got log-density {value} or a non-finite gradient there.")
     q = _flows.whitened_flow(base_flow, _flows.Whiten(loc, scale))
     settings = _Settings(num_steps, num_samples, float(learning_rate), bool(stick_the_landing),
                          chunk_size)

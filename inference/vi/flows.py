@@ -67,6 +67,20 @@ def make_flow(
         raise ValueError(f"Expected flow kind in {FLOW_KINDS}, got {kind!r}.")
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"Expected dim to be a positive integer, got {dim!r}.")
+    settings = (dim, kind, int(num_layers), int(width), int(depth), int(knots), float(interval))
+    flow = _make_flow(key, *settings)
+    # flowjax flows carry per-instance closures as static leaves; reuse one static part per
+    # architecture so that compiled training/sampling programs are not rebuilt per flow.
+    params, static = eqx.partition(flow, eqx.is_array)
+    if settings not in _STATIC_TEMPLATES:
+        _STATIC_TEMPLATES[settings] = static
+    return eqx.combine(params, _STATIC_TEMPLATES[settings])
+
+
+_STATIC_TEMPLATES: dict = {}
+
+
+def _make_flow(key, dim, kind, num_layers, width, depth, knots, interval):
     base = StandardNormal((dim,))
     if kind == "maf":
         return masked_autoregressive_flow(
@@ -232,3 +246,13 @@ def laplace_approximation(
 def _batch_log_density(model, z):
     value, grad = jax.vmap(jax.value_and_grad(model.log_density))(z)
     return jnp.where(jnp.all(jnp.isfinite(grad), -1), value, -jnp.inf)
+
+
+def eqx_partition(flow):
+    """Split a flow into trainable arrays and the rest (non-trainable wrappers kept whole)."""
+    return eqx.partition(
+        flow, eqx.is_inexact_array, is_leaf=lambda leaf: isinstance(leaf, paramax.NonTrainable)
+    )
+
+
+eqx_combine = eqx.combine

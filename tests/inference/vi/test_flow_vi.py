@@ -1,0 +1,167 @@
+"""Flow VI against closed forms, PSIS negative control, save/load, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+
+import ppl
+from ppl.inference.vi import flow as flow_vi
+from ppl.inference.vi.psis import importance_diagnostics
+
+
+# -- a conjugate linear regression (known noise): exact posterior and evidence --------------
+def linear_regression(x, y, prior_scale=2.0, noise_scale=0.5):
+    beta = numpyro.sample("beta", dist.Normal(0.0, prior_scale).expand([x.shape[1]]).to_event(1))
+    numpyro.sample("y", dist.Normal(x @ beta, noise_scale), obs=y)
+
+
+def _regression_data():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(30, 3)).astype(np.float32)
+    x[:, 2] = 0.8 * x[:, 1] + 0.3 * x[:, 2]  # correlated posterior
+    y = (x @ np.array([1.0, -0.5, 2.0]) + 0.5 * rng.normal(size=30)).astype(np.float32)
+    return x, y
+
+
+def _regression_exact(x, y, prior_scale=2.0, noise_scale=0.5):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    precision = np.eye(x.shape[1]) / prior_scale**2 + x.T @ x / noise_scale**2
+    cov = np.linalg.inv(precision)
+    mean = cov @ x.T @ y / noise_scale**2
+    marginal = noise_scale**2 * np.eye(len(y)) + prior_scale**2 * x @ x.T
+    _, logdet = np.linalg.slogdet(marginal)
+    log_z = -0.5 * (y @ np.linalg.solve(marginal, y) + logdet + len(y) * np.log(2 * np.pi))
+    return mean, cov, log_z
+
+
+@pytest.fixture(scope="module")
+def regression_fit():
+    x, y = _regression_data()
+    model = ppl.from_numpyro(linear_regression, x=x, y=y)
+    result = flow_vi.fit(jax.random.key(0), model, num_steps=600, num_layers=2, width=16)
+    post = result.posterior(jax.random.key(1), model, num_draws=4000)
+    return model, result, post, _regression_exact(x, y)
+
+
+def test_linear_regression_moments_and_evidence(regression_fit):
+    _, result, post, (mean, cov, log_z) = regression_fit
+    sd = np.sqrt(np.diag(cov))
+    draws = post.flat("beta")
+    # A near-exact q: moments from 4000 iid draws within 4 Monte Carlo standard errors.
+    mcse_mean = sd / np.sqrt(len(draws))
+    assert np.all(np.abs(draws.mean(0) - mean) / mcse_mean < 4.0)
+    mcse_sd = sd / np.sqrt(2 * len(draws))
+    assert np.all(np.abs(draws.std(0) - sd) / mcse_sd < 4.0)
+    assert np.abs(np.corrcoef(draws.T) - cov / np.outer(sd, sd)).max() < 0.05
+    # ELBO <= log Z, and close; the IS estimate is closer.
+    assert log_z - 0.05 < post.meta["elbo"] <= log_z + 0.02
+    assert abs(post.log_evidence - log_z) < 0.02
+    assert post.meta["khat"] < 0.5
+    assert post.history["elbo"].shape == (result.elbo_trace.size,)
+    assert np.mean(result.elbo_trace[-50:]) > np.mean(result.elbo_trace[:50])
+
+
+def test_conjugate_normal_through_infer_and_new_data():
+    def model(y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 2.0))
+        numpyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    y = np.random.default_rng(1).normal(1.5, 1.0, size=20).astype(np.float32)
+    m = ppl.from_numpyro(model, y=y)
+    for data in (y, y + 1.0):  # a new data set reuses the compiled program
+        post = ppl.infer(m.with_data({"y": data}), "flow_vi", key=0, num_steps=400,
+                         num_layers=2, width=8, num_draws=4000)
+        precision = 1 / 4 + 20
+        mean, sd = data.sum() / precision, precision**-0.5
+        n = len(data)
+        cov = np.eye(n) + 4 * np.ones((n, n))
+        log_z = -0.5 * (data @ np.linalg.solve(cov, data) + np.linalg.slogdet(cov)[1]
+                        + n * np.log(2 * np.pi))
+        assert abs(post.mean("mu") - mean) / (sd / np.sqrt(4000)) < 4.0
+        assert abs(post.std("mu") - sd) / (sd / np.sqrt(2 * 4000)) < 4.0
+        assert abs(post.log_evidence - log_z) < 0.02
+        assert post.meta["engine"] == "flow_vi"
+
+
+def test_save_load_roundtrip(regression_fit, tmp_path):
+    _, result, _, _ = regression_fit
+    path = tmp_path / "flow.eqx"
+    result.save(path)
+    loaded = flow_vi.load_flow(path)
+    z = result.sample(jax.random.key(5), 8)
+    np.testing.assert_allclose(loaded.log_prob(z), result.flow.log_prob(z), rtol=1e-5)
+    np.testing.assert_allclose(loaded.sample(jax.random.key(5), (8,)), z, rtol=1e-5)
+
+
+def test_khat_flags_too_narrow_approximation():
+    # Target N(0, 1) in 4-D; q = N(0, s^2): s = 1 exact (k-hat low), s = 0.5 too narrow.
+    rng = np.random.default_rng(0)
+    d, n = 4, 4000
+
+    def log_w(s):
+        z = s * rng.normal(size=(n, d))
+        log_p = -0.5 * np.sum(z**2, 1)
+        log_q = -0.5 * np.sum((z / s) ** 2, 1) - d * np.log(s)
+        return log_p - log_q
+
+    assert importance_diagnostics(log_w(1.0)).khat < 0.5
+    assert importance_diagnostics(log_w(1.1)).khat < 0.5
+    narrow = importance_diagnostics(log_w(0.5))
+    assert narrow.khat > 0.7  # the negative control must be flagged
+    assert narrow.ess < 0.1 * n
+
+
+def test_khat_warning_on_underfit_flow():
+    # A badly fitted flow (2 steps, no whitening) on a shifted, narrow target must warn.
+    m = ppl.from_logdensity(lambda x: -0.5 * jnp.sum(((x - 3.0) / 0.2) ** 2), jnp.zeros(2))
+    with pytest.warns(RuntimeWarning, match="k-hat"):
+        post = ppl.infer(m, "flow_vi", key=0, num_steps=2, whiten=False, num_layers=1,
+                         width=4, num_draws=500)
+    assert post.meta["khat"] > 0.7
+
+
+# -- bad input --------------------------------------------------------------------------------
+def test_discrete_latent_is_refused():
+    def model():
+        numpyro.sample("k", dist.Poisson(3.0))
+
+    with pytest.raises(ValueError, match="discrete"):
+        ppl.from_numpyro(model)
+
+
+def test_nan_gradient_stops_with_step_and_last_good_state():
+    # Finite log-density, but its gradient is NaN for x > 2 (the jnp.where NaN trap).
+    def logdensity(x):
+        trap = jnp.where(x[0] > 2.0, 0.0, 0.0 * jnp.sqrt(2.0 - x[0]))
+        return -0.5 * jnp.sum(x**2) + trap
+
+    m = ppl.from_logdensity(logdensity, jnp.zeros(1))
+    with pytest.raises(flow_vi.NonFiniteError, match="gradient became non-finite at step") as info:
+        flow_vi.fit(jax.random.key(0), m, num_steps=400, num_layers=1, width=4)
+    assert isinstance(info.value, ValueError)
+    assert 0 <= info.value.step < 400
+    assert int(info.value.state.step) == info.value.step
+    assert np.all(np.isfinite(info.value.flow.sample(jax.random.key(1), (4,))))
+
+
+def test_non_finite_elbo_stops():
+    def logdensity(x):
+        return jnp.where(x[0] > 1.5, -jnp.inf, -0.5 * jnp.sum(x**2))
+
+    m = ppl.from_logdensity(logdensity, jnp.zeros(1))
+    with pytest.raises(flow_vi.NonFiniteError, match="The ELBO became non-finite at step"):
+        flow_vi.fit(jax.random.key(0), m, num_steps=400, num_layers=1, width=4)
+
+
+def test_bad_settings():
+    m = ppl.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
+    with pytest.raises(ValueError, match="Expected num_steps"):
+        ppl.infer(m, "flow_vi", key=0, num_steps=0)
+    with pytest.raises(ValueError, match="Expected learning_rate"):
+        ppl.infer(m, "flow_vi", key=0, learning_rate=float("nan"))
+    bad = ppl.from_logdensity(lambda x: -jnp.inf * jnp.sum(x**2) - jnp.inf, jnp.zeros(2))
+    with pytest.raises(ValueError, match="NaN or -inf"):
+        ppl.infer(bad, "flow_vi", key=0)
