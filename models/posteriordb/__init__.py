@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from functools import lru_cache, partial
 
+import equinox as eqx
 import numpy as np
 
 from ppl.data_paths import reference_data_dir
@@ -34,6 +35,8 @@ __all__ = [
     "reference_summary",
     "stan_flat_values",
     "split_flat_name",
+    "latent_from_reference",
+    "unconstrain",
 ]
 
 _INDEX = re.compile(r"^(?P<base>[^\[]+)(\[(?P<index>[0-9, ]+)\])?$")
@@ -117,6 +120,57 @@ def stan_flat_values(samples: dict, flat_names: list[str]) -> dict[str, np.ndarr
         lead = value.ndim - len(idx)
         out[flat_name] = value[(slice(None),) * lead + idx]
     return out
+
+
+def latent_from_reference(name: str, values: dict, data: dict | None = None) -> dict:
+    """The program's latent sites from reference values (which may be transformed parameters).
+
+    The reference draws hold ``theta`` (not ``theta_trans``) for the non-centred eight
+    schools and ``f`` (not ``f_tilde``) for gp_pois_regr; this inverts those maps with the
+    program's own formulas. ``values`` holds arrays with a leading draw axis.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    values = {k: jnp.asarray(v) for k, v in values.items()}
+    if name == "eight_schools-eight_schools_noncentered":
+        mu, tau = values["mu"], values["tau"]
+        theta_trans = (values["theta"] - mu[:, None]) / tau[:, None]
+        return {"theta_trans": theta_trans, "mu": mu, "tau": tau}
+    if name == "gp_pois_regr-gp_pois_regr":
+        data = load_data(name) if data is None else data
+        x = jnp.asarray(data["x"])
+        rho, alpha = values["rho"], values["alpha"]
+        diff = x[:, None] - x[None, :]
+        cov = alpha[:, None, None] ** 2 * jnp.exp(-0.5 * (diff / rho[:, None, None]) ** 2)
+        dtype = jnp.result_type(cov)
+        jitter = 1e-10 if dtype == jnp.float64 else 1e-6 * alpha[:, None, None] ** 2
+        chol = jnp.linalg.cholesky(cov + jitter * jnp.eye(x.shape[0], dtype=dtype))
+        f_tilde = jax.scipy.linalg.solve_triangular(chol, values["f"][..., None], lower=True)[..., 0]
+        return {"rho": rho, "alpha": alpha, "f_tilde": f_tilde}
+    return dict(values)
+
+
+@eqx.filter_jit
+def unconstrain(model, values: dict):
+    """Flat unconstrained positions ``(num_draws, dim)`` of a NumPyro-built model at latent
+    values given by site (constrained, leading draw axis), using each site's own support
+    (so bounds that depend on other parameters, such as garch's ``beta1 < 1 - alpha1``,
+    are honoured). Compiled with the model as an argument (no recompilation on new data)."""
+    import jax
+    from numpyro import handlers
+    from numpyro.distributions.transforms import biject_to
+
+    def one(point):
+        fn = handlers.substitute(handlers.seed(model.model_fn, rng_seed=0), data=point)
+        trace = handlers.trace(fn).get_trace(*model.args, **model.kwargs)
+        unconstrained = {
+            s.name: biject_to(trace[s.name]["fn"].support).inv(trace[s.name]["value"])
+            for s in model.sites
+        }
+        return model.flatten(unconstrained)
+
+    return jax.vmap(one)(values)
 
 
 # -- data converters: data.json -> the program's keyword arguments ------------------------------
