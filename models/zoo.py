@@ -29,6 +29,9 @@ class ZooEntry(NamedTuple):
         reference_fn: optional ``() -> dict`` of reference draws by site (posteriordb),
             each ``(num_draws, *site_shape)``.
         tags: free-form labels ("closed_form", "posteriordb", "state_space", ...).
+        state_space_fn: optional ``() -> StateSpace`` (``sample_initial``,
+            ``sample_transition``, ``log_observation``) for particle filters, with the
+            observations in ``data()["y"]``.
     """
 
     name: str
@@ -38,6 +41,7 @@ class ZooEntry(NamedTuple):
     exact_fn: Callable[[dict], dict] | None = None
     reference_fn: Callable[[], dict] | None = None
     tags: tuple[str, ...] = ()
+    state_space_fn: Callable[[], Any] | None = None
 
     def data(self) -> dict:
         return self.make_data()
