@@ -20,6 +20,7 @@ import ppl
 ENGINES = {
     "nuts": dict(num_chains=2, num_warmup=50, num_samples=30, progress_bar=False),
     "hmc": dict(num_chains=2, num_warmup=50, num_samples=30, progress_bar=False),
+    "smc": dict(num_particles=64, kernel="rw", max_mcmc_steps=5, progress_bar=False),
 }
 
 
