@@ -39,7 +39,7 @@ from ppl.diagnostics.expected_coverage import ExpectedCoverage, expected_coverag
 from ppl.diagnostics.sbc import SBCResult, sbc_ranks, sbc_test, thin_draws
 from ppl.diagnostics.tarp import TARPResult, tarp
 from ppl.infer import as_key, infer
-from ppl.model import AbstractModel, LogDensityModel
+from ppl.model import AbstractModel
 from ppl.progress import ProgressBar
 
 __all__ = ["CoverageRun", "coverage"]
@@ -220,27 +220,18 @@ def _densities(model, z_draws, z_truth):
     return ll, ld, model.log_likelihood(z_truth), model.log_density(z_truth)
 
 
-def _unconstrain_fn(model: AbstractModel):
-    """``dict of constrained (..., *shape) -> (..., dim)`` for models we know, else None."""
-    if isinstance(model, LogDensityModel):
-        return lambda values, batch: _flat_constrained(model, values, batch)
-    try:
-        from numpyro import handlers
-        from numpyro.distributions.transforms import biject_to
+@eqx.filter_jit
+def _unconstrain_batch(model, values):
+    return jax.vmap(jax.vmap(model.unconstrain))(values)
 
-        trace = handlers.trace(handlers.seed(model._conditioned_fn(), rng_seed=0)).get_trace(
-            *model.args, **model.kwargs
-        )
-        transforms = {s.name: biject_to(trace[s.name]["fn"].support) for s in model.sites}
-    except Exception:  # not a NumPyro model
-        return None
+
+def _unconstrain_fn(model: AbstractModel):
+    """``dict of constrained (chain, draw, *shape) -> (chain, draw, dim)`` through
+    ``Model.unconstrain``."""
 
     def fn(values, batch):
-        parts = []
-        for s in model.sites:
-            u = np.asarray(transforms[s.name].inv(jnp.asarray(values[s.name])))
-            parts.append(u.reshape(u.shape[:batch] + (-1,)))
-        return np.concatenate(parts, axis=-1)
+        assert batch == 2, "draws come as (chain, draw, ...)"
+        return np.asarray(_unconstrain_batch(model, {k: jnp.asarray(v) for k, v in values.items()}))
 
     return fn
 

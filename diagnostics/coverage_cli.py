@@ -8,32 +8,9 @@ function that returns a ppl Model or a NumPyro model function that needs no argu
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 
-__all__ = ["add_parser", "run", "resolve_model"]
-
-
-def resolve_model(spec: str):
-    """A ppl Model from a zoo name or ``module:function``."""
-    import ppl
-    from ppl import models
-
-    if ":" in spec:
-        module_name, fn_name = spec.split(":", 1)
-        try:
-            fn = getattr(importlib.import_module(module_name), fn_name)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"Expected MODEL as an importable 'module:function', got "
-                             f"{spec!r} ({error}).") from error
-        try:
-            built = fn()
-        except Exception:  # a NumPyro model samples outside a handler
-            built = None
-        if isinstance(built, ppl.AbstractModel):
-            return built
-        return ppl.from_numpyro(fn)
-    return models.get(spec).build()
+__all__ = ["add_parser", "run"]
 
 
 def _settings(pairs: list[str]) -> dict:
@@ -72,6 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Run the subcommand; returns 0 when every check passes, 1 otherwise."""
+    from ppl.cli import resolve_model
     from ppl.diagnostics.coverage import coverage
     from ppl.diagnostics.coverage_report import write_report
 

@@ -21,20 +21,28 @@ _PLUGINS = {
 
 
 def resolve_model(spec: str):
-    """A Model from a zoo name (``eight_schools``) or ``module:function`` (a NumPyro model
-    taking no arguments, or a function returning a ppl Model)."""
+    """A Model from a zoo name (``eight_schools``) or ``module:function``: a function that
+    returns a ppl Model, or a NumPyro model function that needs no arguments."""
     import ppl
     from ppl import models
 
-    if ":" in spec:
-        module_name, function_name = spec.split(":", 1)
-        sys.path.insert(0, str(Path.cwd()))
+    if ":" not in spec:
+        return models.get(spec).build()
+    module_name, function_name = spec.split(":", 1)
+    sys.path.insert(0, str(Path.cwd()))
+    try:
         fn = getattr(importlib.import_module(module_name), function_name)
-        result = fn() if getattr(fn, "_ppl_returns_model", False) else None
-        if isinstance(result, ppl.AbstractModel):
-            return result
-        return ppl.from_numpyro(fn)
-    return models.get(spec).build()
+    except (ImportError, AttributeError) as error:
+        raise ValueError(
+            f"Expected MODEL as an importable 'module:function', got {spec!r} ({error})."
+        ) from error
+    try:
+        built = fn()
+    except Exception:  # a NumPyro model samples outside a handler
+        built = None
+    if isinstance(built, ppl.AbstractModel):
+        return built
+    return ppl.from_numpyro(fn)
 
 
 def _parse_value(text: str):
@@ -135,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
-        module.add_parser(sub)
+        plugin = module.add_parser(sub)
+        plugin.set_defaults(func=module.run)
     return parser
 
 

@@ -76,6 +76,12 @@ class AbstractModel(eqx.Module):
     def sample_prior(self, key: PRNGKeyArray, num_samples: int) -> Float[Array, "n dim"]:
         """Draws from the prior, as unconstrained flat vectors."""
 
+    def unconstrain(self, values: dict[str, Any]) -> Float[Array, " dim"]:
+        """Flat unconstrained vector from constrained site values (inverse of
+        ``to_constrained`` on the latent sites; extra keys such as deterministic sites are
+        ignored)."""
+        return self.flatten({s.name: values[s.name] for s in self.sites})
+
     def log_density(self, z: Float[Array, " dim"]) -> Float[Array, ""]:
         """Unnormalised log posterior density on the unconstrained scale."""
         return self.log_prior(z) + self.log_likelihood(z)

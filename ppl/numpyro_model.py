@@ -178,6 +178,13 @@ class NumPyroModel(AbstractModel):
             parts.append(jnp.reshape(u, (-1,)))
         return jnp.concatenate(parts)
 
+    def unconstrain(self, values):
+        """Flat unconstrained vector from constrained latent values (dependent supports are
+        resolved by running the model with those values)."""
+        latent = {s.name: values[s.name] for s in self._sites}
+        fn = handlers.substitute(handlers.seed(self._conditioned_fn(), rng_seed=0), data=latent)
+        return self._unconstrain_trace(handlers.trace(fn).get_trace(*self.args, **self.kwargs))
+
     def sample_prior(self, key, num_samples):
         def one(k):
             fn = handlers.seed(self._conditioned_fn(), rng_seed=k)

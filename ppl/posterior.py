@@ -115,9 +115,12 @@ class Posterior:
         n = num_draws or int(np.prod(self.shape))
         idx = rng.choice(int(np.prod(self.shape)), size=n, p=self.weights.reshape(-1))
         samples = {k: self.flat(k)[idx][None] for k in self.samples}
+        unconstrained = None
+        if self.unconstrained is not None:
+            unconstrained = self.unconstrained.reshape(-1, self.unconstrained.shape[-1])[idx][None]
         return dataclasses.replace(
             self, samples=samples, log_weights=None, stats={}, log_likelihood=None,
-            unconstrained=None, meta={**self.meta, "resampled_from_weighted": True},
+            unconstrained=unconstrained, meta={**self.meta, "resampled_from_weighted": True},
         )
 
     # -- views ----------------------------------------------------------------------------

@@ -139,3 +139,16 @@ def test_from_logdensity_rejects_bad_input():
         ppl.from_logdensity(3.0, jnp.zeros(2))
     with pytest.raises(ValueError, match="scalar"):
         ppl.from_logdensity(lambda x: x, jnp.zeros(2))
+
+
+def test_unconstrain_inverts_to_constrained_with_a_dependent_support():
+    def model():
+        a = numpyro.sample("a", dist.Uniform(0.0, 1.0))
+        numpyro.sample("b", dist.Uniform(0.0, 1.0 - a))
+        numpyro.sample("p", dist.Dirichlet(jnp.ones(3)))
+
+    m = ppl.from_numpyro(model)
+    z = jnp.array([0.3, -1.2, 0.5, -0.4])
+    values = m.to_constrained(z)
+    assert 0 < values["b"] < 1 - values["a"]
+    np.testing.assert_allclose(m.unconstrain(values), z, rtol=1e-5, atol=1e-5)

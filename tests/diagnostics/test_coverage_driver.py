@@ -15,6 +15,7 @@ import pytest
 
 import ppl
 from ppl import models
+from ppl.cli import resolve_model
 from ppl.diagnostics import coverage_cli
 from ppl.diagnostics.coverage import coverage
 from ppl.diagnostics.coverage_report import write_report
@@ -108,4 +109,4 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="num_rank_draws"):
         coverage(ENTRY.build(), "test_closed_form", num_sims=3, key=0, num_rank_draws=1000)
     with pytest.raises(ValueError, match="MODEL"):
-        coverage_cli.resolve_model("no_such_module_xyz:fn")
+        resolve_model("no_such_module_xyz:fn")
