@@ -191,7 +191,5 @@ class TransformerTokenModel(AbstractTokenModel):
         _check_rank("token_ids", token_ids, 2)
         batch, length = token_ids.shape
         positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        logits, _ = self.transformer(
-            token_ids, positions, self._empty_cache(batch, length), positions
-        )
+        logits, _ = self.transformer(token_ids, positions, None, None)
         return jax.nn.log_softmax(logits, axis=-1)

@@ -110,10 +110,14 @@ class GPT2(eqx.Module):
         self,
         token_ids: Int[Array, "batch chunk"],
         positions: Int[Array, "batch chunk"],
-        cache: L.KVCache,
-        write_slots: Int[Array, "batch chunk"],
-    ) -> tuple[Float[Array, "batch chunk hidden"], L.KVCache]:
-        """Final hidden states of ``token_ids`` (after ``ln_f``) and the updated cache."""
+        cache: L.KVCache | None,
+        write_slots: Int[Array, "batch chunk"] | None,
+    ) -> tuple[Float[Array, "batch chunk hidden"], L.KVCache | None]:
+        """Final hidden states of ``token_ids`` (after ``ln_f``) and the updated cache.
+
+        With ``cache=None`` the chunk attends only to itself (positions must be
+        ``0 .. chunk-1``): the cache-free path for scoring and training.
+        """
         c = self.config
         batch, chunk = token_ids.shape
         heads, head_dim = c.n_head, self.head_dim
@@ -125,17 +129,25 @@ class GPT2(eqx.Module):
             h = L.layer_norm(x, p["ln_1_w"], p["ln_1_b"], c.layer_norm_epsilon)
             q, k, v = jnp.split(h @ p["qkv_w"] + p["qkv_b"], 3, axis=-1)
             q = q.reshape(batch, chunk, heads, head_dim)
-            keys = L.write(keys, k.reshape(batch, chunk, heads, head_dim), write_slots)
-            values = L.write(values, v.reshape(batch, chunk, heads, head_dim), write_slots)
+            k = k.reshape(batch, chunk, heads, head_dim)
+            v = v.reshape(batch, chunk, heads, head_dim)
+            if keys is None:
+                keys, values = k, v
+            else:
+                keys, values = L.write(keys, k, write_slots), L.write(values, v, write_slots)
             attn = L.attend(q, keys, values, positions).reshape(batch, chunk, -1)
             x = x + attn @ p["proj_w"] + p["proj_b"]
             h = L.layer_norm(x, p["ln_2_w"], p["ln_2_b"], c.layer_norm_epsilon)
             h = jax.nn.gelu(h @ p["fc_w"] + p["fc_b"], approximate=c.tanh_gelu)
             return x + h @ p["out_w"] + p["out_b"], (keys, values)
 
-        x, (keys, values) = jax.lax.scan(layer, x, (self.layers, cache.keys, cache.values))
-        x = L.layer_norm(x, self.ln_f_w, self.ln_f_b, c.layer_norm_epsilon)
-        return x, L.KVCache(keys, values)
+        if cache is None:
+            x, _ = jax.lax.scan(lambda x, p: (layer(x, (p, None, None))[0], None), x, self.layers)
+            new_cache = None
+        else:
+            x, (keys, values) = jax.lax.scan(layer, x, (self.layers, cache.keys, cache.values))
+            new_cache = L.KVCache(keys, values)
+        return L.layer_norm(x, self.ln_f_w, self.ln_f_b, c.layer_norm_epsilon), new_cache
 
     def __call__(self, token_ids, positions, cache, write_slots):
         """Logits ``(batch, chunk, vocab)`` in float32 and the updated cache."""

@@ -140,10 +140,14 @@ class Qwen2(eqx.Module):
         self,
         token_ids: Int[Array, "batch chunk"],
         positions: Int[Array, "batch chunk"],
-        cache: L.KVCache,
-        write_slots: Int[Array, "batch chunk"],
-    ) -> tuple[Float[Array, "batch chunk hidden"], L.KVCache]:
-        """Final hidden states of ``token_ids`` (after the last norm) and the updated cache."""
+        cache: L.KVCache | None,
+        write_slots: Int[Array, "batch chunk"] | None,
+    ) -> tuple[Float[Array, "batch chunk hidden"], L.KVCache | None]:
+        """Final hidden states of ``token_ids`` (after the last norm) and the updated cache.
+
+        With ``cache=None`` the chunk attends only to itself (positions must be
+        ``0 .. chunk-1``): the cache-free path for scoring and training.
+        """
         c = self.config
         batch, chunk = token_ids.shape
         x = self.embed[token_ids]
@@ -156,14 +160,20 @@ class Qwen2(eqx.Module):
             v = (h @ p["v_w"] + p["v_b"]).reshape(batch, chunk, c.num_key_value_heads, c.head_dim)
             q = L.rotary(q, positions, c.rope_theta)
             k = L.rotary(k, positions, c.rope_theta)
-            keys = L.write(keys, k, write_slots)
-            values = L.write(values, v, write_slots)
+            if keys is None:
+                keys, values = k, v
+            else:
+                keys = L.write(keys, k, write_slots)
+                values = L.write(values, v, write_slots)
             attn = L.attend(q, keys, values, positions).reshape(batch, chunk, -1)
             x = x + attn @ p["o_w"]
             h = L.rms_norm(x, p["post_norm"], c.rms_norm_eps)
             x = x + (jax.nn.silu(h @ p["gate_w"]) * (h @ p["up_w"])) @ p["down_w"]
             return x, (keys, values)
 
+        if cache is None:
+            x, _ = jax.lax.scan(lambda x, p: (layer(x, (p, None, None))[0], None), x, self.layers)
+            return L.rms_norm(x, self.norm, c.rms_norm_eps), None
         x, (keys, values) = jax.lax.scan(layer, x, (self.layers, cache.keys, cache.values))
         return L.rms_norm(x, self.norm, c.rms_norm_eps), L.KVCache(keys, values)
 

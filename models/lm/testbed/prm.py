@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from .. import layers as L
 from .. import qwen2
 from . import data, tasks
 
@@ -53,11 +52,7 @@ class LearnedPRM(eqx.Module):
         """Correctness logit of the prefix ending at each position (read it at newlines)."""
         batch, length = token_ids.shape
         positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        cache = L.empty_cache(
-            num_layers=self.body.num_layers, batch=batch, cache_length=length,
-            num_kv_heads=self.body.num_kv_heads, head_dim=self.body.head_dim, dtype=self.body.dtype,
-        )
-        hidden, _ = self.body.hidden(token_ids, positions, cache, positions)
+        hidden, _ = self.body.hidden(token_ids, positions, None, None)
         return (hidden @ self.head_weight + self.head_bias).astype(jnp.float32)
 
     def step_scores(self, problem: tasks.Problem, trace: str) -> np.ndarray:

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .. import layers as L
 from .. import loading, qwen2
 from ..adapter import TransformerTokenModel
 from . import data, evaluate, prm, tasks
@@ -41,21 +40,11 @@ MAX_DIFFICULTY = 8
 SEQUENCE_LENGTH = 136
 
 
-def _forward_hidden(body: qwen2.Qwen2, ids):
-    batch, length = ids.shape
-    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-    cache = L.empty_cache(
-        num_layers=body.num_layers, batch=batch, cache_length=length,
-        num_kv_heads=body.num_kv_heads, head_dim=body.head_dim, dtype=body.dtype,
-    )
-    return body, positions, cache
-
-
 def lm_loss(model: qwen2.Qwen2, ids, mask):
     """Mean negative log-likelihood of the solution tokens."""
     inputs = ids[:, :-1]
-    _, positions, cache = _forward_hidden(model, inputs)
-    logits, _ = model(inputs, positions, cache, positions)
+    positions = jnp.broadcast_to(jnp.arange(inputs.shape[1]), inputs.shape)
+    logits, _ = model(inputs, positions, None, None)
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     nll = -jnp.take_along_axis(log_probs, ids[:, 1:, None], axis=-1)[..., 0]
     weights = mask[:, 1:]
