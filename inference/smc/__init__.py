@@ -15,6 +15,7 @@ from ppl.inference.smc.particle_filter import (
     Proposal,
     StateSpaceModel,
     particle_filter,
+    sample_particle_filter,
     trace_ancestors,
 )
 from ppl.inference.smc.resampling import (
@@ -40,6 +41,7 @@ __all__ = [
     "particle_gibbs_step",
     "residual",
     "resampling",
+    "sample_particle_filter",
     "sample_smc",
     "stratified",
     "systematic",

@@ -48,6 +48,7 @@ __all__ = [
     "particle_filter",
     "trace_ancestors",
     "as_fast_key",
+    "sample_particle_filter",
 ]
 
 
@@ -388,3 +389,120 @@ def _filter(key, ssm, observations, reference, *, num_particles, resampling, ess
             "guided": proposal is not None,
         },
     )
+
+
+def _as_state_space_model(state_space: Any) -> StateSpaceModel:
+    if isinstance(state_space, StateSpaceModel):
+        return state_space
+    fields = ("sample_initial", "sample_transition", "log_observation")
+    if state_space is None or not all(callable(getattr(state_space, f, None)) for f in fields):
+        raise ValueError(
+            "Expected state_space to be a smc.StateSpaceModel or an object with callables "
+            "sample_initial, sample_transition and log_observation (a zoo entry's "
+            f"state_space_fn() gives one), got {type(state_space).__name__}."
+        )
+    return StateSpaceModel(*(getattr(state_space, f) for f in fields))
+
+
+def _default_observations(model: Any) -> Any:
+    kwargs = getattr(model, "kwargs", None)
+    if isinstance(kwargs, dict) and kwargs.get("y") is not None:
+        return kwargs["y"]
+    raise ValueError(
+        "Expected observations (a pytree with a leading time axis), got None, and the model "
+        "has no observed 'y' to take them from."
+    )
+
+
+def sample_particle_filter(
+    key: PRNGKeyArray,
+    model: Any = None,
+    *,
+    state_space: Any = None,
+    observations: Any = None,
+    num_particles: int = 10_000,
+    resampling: str | Callable = "systematic",
+    ess_threshold: float = 0.5,
+    num_trajectories: int = 1000,
+    prng_impl: str | None = "rbg",
+):
+    """The particle-filter engine: ``ppl.infer(model, "particle_filter", key=..., ...)``.
+
+    Runs the bootstrap filter of :func:`particle_filter` with its history kept, and returns
+    smoothed latent trajectories drawn by ancestor tracing (Kitagawa 1996): final particles
+    ``I ~ Categorical(W_{T-1})``, then ``x_{0:T-1}^{(I)}`` followed back through the stored
+    ancestors. ``exp(log_evidence)`` is the filter's unbiased estimate of
+    ``p(y_{0:T-1})`` (Del Moral 2004).
+
+    The genealogy degenerates for long series: trajectories share their early states
+    (path degeneracy), so smoothed marginals of early ``x_t`` are poor for ``T >> N``-scale
+    coalescence times; the filtering moments in ``history`` do not suffer from this.
+
+    Args:
+        key: a JAX PRNG key.
+        model: the ppl Model of the same state-space model (used only to find the
+            observations, its ``y``, when ``observations`` is None).
+        state_space: a :class:`StateSpaceModel`, or any object with ``sample_initial``,
+            ``sample_transition`` and ``log_observation`` (the zoo's ``state_space_fn()``).
+        observations: pytree with leading time axis ``T``.
+        num_particles: ``N``.
+        resampling: scheme name or resampler callable.
+        ess_threshold: resample when ``ESS < ess_threshold * N``.
+        num_trajectories: number of smoothed trajectories returned.
+        prng_impl: PRNG implementation inside the filter ("rbg" is fastest on CPU).
+
+    Returns:
+        A :class:`~ppl.Posterior` with site ``"x"`` shaped ``(1, num_trajectories, T, ...)``
+        (one site per leaf, named by its path, when particles are a pytree),
+        ``log_evidence``, and ``history`` with ``ess``, ``resampled``,
+        ``log_likelihood_increments``, ``filtering_mean`` and ``filtering_variance`` per step.
+    """
+    from ppl.posterior import Posterior
+
+    ssm = _as_state_space_model(state_space)
+    num_trajectories = base.check_num_particles(num_trajectories, "num_trajectories")
+    if observations is None:
+        observations = _default_observations(model)
+    start = time.perf_counter()
+    from ppl.infer import as_key
+
+    filter_key, trace_key = jax.random.split(as_key(key))
+    result = particle_filter(
+        filter_key, ssm, observations, num_particles=num_particles, resampling=resampling,
+        ess_threshold=ess_threshold, store_history=True, prng_impl=prng_impl,
+    )
+    paths = result.smoothed_trajectories(trace_key, num_trajectories)
+    leaves = jax.tree_util.tree_leaves_with_path(paths)
+    if len(leaves) == 1:
+        samples = {"x": np.asarray(leaves[0][1])[None]}
+        history_moments = {
+            "filtering_mean": np.asarray(jax.tree_util.tree_leaves(result.filtering_mean)[0]),
+            "filtering_variance": np.asarray(
+                jax.tree_util.tree_leaves(result.filtering_variance)[0]),
+        }
+    else:
+        samples = {
+            "x" + jax.tree_util.keystr(path): np.asarray(leaf)[None] for path, leaf in leaves
+        }
+        history_moments = {}
+    history = {
+        "ess": np.asarray(result.ess),
+        "resampled": np.asarray(result.resampled),
+        "log_likelihood_increments": np.asarray(result.log_likelihood_increments),
+        **history_moments,
+    }
+    settings = {
+        "num_particles": int(num_particles), "resampling": str(resampling),
+        "ess_threshold": float(ess_threshold), "num_trajectories": num_trajectories,
+        "prng_impl": prng_impl,
+    }
+    meta = {
+        "engine": "particle_filter",
+        "settings": settings,
+        "wall_time": time.perf_counter() - start,
+        "num_gradient_evals": 0,
+        "num_resampling_steps": int(np.sum(history["resampled"])),
+        "warnings": [],
+    }
+    return Posterior(samples=samples, log_evidence=float(result.log_likelihood),
+                     history=history, meta=meta)
