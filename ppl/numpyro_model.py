@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import numpyro.distributions as dist
 from numpyro import handlers
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
@@ -54,6 +55,24 @@ def _site_log_prob(site: dict) -> jax.Array:
     return log_prob
 
 
+def _improper(fn) -> bool:
+    """Whether a distribution is (a wrapper around) ImproperUniform, which cannot sample."""
+    while fn is not None:
+        if isinstance(fn, dist.ImproperUniform):
+            return True
+        fn = getattr(fn, "base_dist", None)
+    return False
+
+
+def _improper_value(site):
+    """A placeholder value for an improper site: the transform of zeros (shape-correct)."""
+    if site["type"] != "sample" or site["is_observed"] or not _improper(site["fn"]):
+        return None
+    transform = biject_to(site["fn"].support)
+    shape = tuple(site["fn"].shape(site["kwargs"].get("sample_shape", ())))
+    return transform(jnp.zeros(transform.inverse_shape(shape)))
+
+
 class _ResampleObserved(numpyro.primitives.Messenger):
     """Turn observed sites back into random ones, so the model simulates its data."""
 
@@ -80,6 +99,7 @@ class NumPyroModel(AbstractModel):
     _deterministic: tuple[str, ...] = eqx.field(static=True)
     _observed_names: tuple[str, ...] = eqx.field(static=True)
     _observed_size: int = eqx.field(static=True)
+    _improper_sites: tuple[str, ...] = eqx.field(static=True)
 
     @property
     def dim(self) -> int:
@@ -186,6 +206,13 @@ class NumPyroModel(AbstractModel):
         return self._unconstrain_trace(handlers.trace(fn).get_trace(*self.args, **self.kwargs))
 
     def sample_prior(self, key, num_samples):
+        if self._improper_sites:
+            raise ValueError(
+                f"Site(s) {list(self._improper_sites)} have an improper prior (ImproperUniform): "
+                "prior draws do not exist. Engines and checks that start from the prior (SMC, "
+                "SBC, coverage) need a proper prior; NUTS, HMC and flow VI do not."
+            )
+
         def one(k):
             fn = handlers.seed(self._conditioned_fn(), rng_seed=k)
             return self._unconstrain_trace(handlers.trace(fn).get_trace(*self.args, **self.kwargs))
@@ -252,7 +279,8 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         raise TypeError(f"Expected a callable NumPyro model, got {type(model_fn).__name__}.")
     args = jax.tree_util.tree_map(_as_data, tuple(args))
     kwargs = jax.tree_util.tree_map(_as_data, dict(kwargs))
-    trace = handlers.trace(handlers.seed(model_fn, rng_seed=0)).get_trace(*args, **kwargs)
+    traced_fn = handlers.substitute(handlers.seed(model_fn, rng_seed=0), substitute_fn=_improper_value)
+    trace = handlers.trace(traced_fn).get_trace(*args, **kwargs)
 
     sites, offset = [], 0
     for site in _latent_sites(trace):
@@ -288,4 +316,5 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         _deterministic=deterministic,
         _observed_names=tuple(observed_names),
         _observed_size=observed_size,
+        _improper_sites=tuple(s["name"] for s in _latent_sites(trace) if _improper(s["fn"])),
     )

@@ -152,3 +152,19 @@ def test_unconstrain_inverts_to_constrained_with_a_dependent_support():
     values = m.to_constrained(z)
     assert 0 < values["b"] < 1 - values["a"]
     np.testing.assert_allclose(m.unconstrain(values), z, rtol=1e-5, atol=1e-5)
+
+
+def test_improper_flat_prior_builds_and_samples_but_has_no_prior_draws():
+    def regression(x, y):
+        beta = numpyro.sample("beta", dist.ImproperUniform(dist.constraints.real, (), (2,)))
+        sigma = numpyro.sample("sigma", dist.ImproperUniform(dist.constraints.positive, (), ()))
+        numpyro.sample("y", dist.Normal(beta[0] + beta[1] * x, sigma), obs=y)
+
+    x = np.linspace(-1, 1, 20).astype(np.float32)
+    y = (1.0 + 2.0 * x + 0.1 * np.random.default_rng(0).normal(size=20)).astype(np.float32)
+    model = ppl.from_numpyro(regression, x, y)
+    assert model.dim == 3
+    # Flat prior: log_prior is only the log-Jacobian of sigma = exp(u).
+    np.testing.assert_allclose(model.log_prior(jnp.array([0.0, 0.0, 0.7])), 0.7, rtol=1e-6)
+    with pytest.raises(ValueError, match="'beta'.*improper"):
+        model.sample_prior(jax.random.key(0), 3)
