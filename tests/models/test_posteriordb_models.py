@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpyro import handlers
 
 from ppl import arviz_bridge, models
 from ppl.models.posteriordb import POSTERIORS, latent_from_reference, unconstrain
@@ -31,7 +32,17 @@ Z_THRESHOLD = 4.42
 def _densities(model, z, shift):
     log_density = jax.vmap(model.log_density)
     value, grad = jax.vmap(jax.value_and_grad(model.log_density))(z)
-    return value, grad, log_density(z + shift)
+    simulated = model.simulate(jax.random.key(0), z[0])
+    return value, grad, log_density(z + shift), simulated
+
+
+def _observed_shapes(entry) -> dict[str, tuple[int, ...]]:
+    trace = handlers.trace(handlers.seed(entry.model_fn, rng_seed=0)).get_trace(**entry.data())
+    return {
+        name: tuple(np.shape(site["value"]))
+        for name, site in trace.items()
+        if site["type"] == "sample" and site["is_observed"] and type(site["fn"]).__name__ != "Unit"
+    }
 
 
 def _score_z(grad: np.ndarray) -> np.ndarray:
@@ -45,7 +56,9 @@ def _evaluate(name: str, model):
     latent = latent_from_reference(name, entry.reference())
     z = unconstrain(model, latent)
     shift = 3.0 * jnp.std(z, axis=0)
-    value, grad, shifted = _densities(model, z, shift)
+    value, grad, shifted, simulated = _densities(model, z, shift)
+    simulated_shapes = {k: tuple(v.shape) for k, v in simulated.items()}
+    assert simulated_shapes == _observed_shapes(entry), (name, simulated_shapes)
     return np.asarray(value), np.asarray(grad), np.asarray(shifted)
 
 
