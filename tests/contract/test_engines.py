@@ -21,6 +21,10 @@ ENGINES = {
     "nuts": dict(num_chains=2, num_warmup=50, num_samples=30, progress_bar=False),
     "hmc": dict(num_chains=2, num_warmup=50, num_samples=30, progress_bar=False),
     "smc": dict(num_particles=64, kernel="rw", max_mcmc_steps=5, progress_bar=False),
+    "flow_vi": dict(num_steps=50, num_draws=40, progress_bar=False, warn=False),
+    "coin_svgd": dict(num_particles=16, num_iterations=20, progress_bar=False),
+    "coin_ksdd": dict(num_particles=16, num_iterations=20, progress_bar=False),
+    "svgd": dict(num_particles=16, num_iterations=20, step_size=0.1, progress_bar=False),
 }
 
 
