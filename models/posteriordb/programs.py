@@ -38,10 +38,11 @@ __all__ = [
 class ImproperFlat(dist.ImproperUniform):
     """Stan's implicit flat prior on a constrained space (log-density 0 on ``support``).
 
-    Unlike :class:`numpyro.distributions.ImproperUniform`, ``sample`` returns a draw (Stan's
+    Unlike :class:`numpyro.distributions.ImproperUniform`, ``sample`` returns a value (Stan's
     initialisation: uniform in ``(-2, 2)`` on the unconstrained scale, mapped by
-    ``biject_to(support)``), so the model can be traced, simulated and given starting
-    points. These are *not* prior draws: the prior is improper.
+    ``biject_to(support)``), so the program also runs under plain NumPyro handlers
+    (``seed``/``trace``). These are *not* prior draws: the prior is improper, and
+    ``Model.sample_prior`` refuses such models (it recognises the ImproperUniform subclass).
     """
 
     def sample(self, key, sample_shape=()):
