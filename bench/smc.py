@@ -12,6 +12,7 @@ Run: ``python bench/smc.py [--quick]``; writes bench/results/smc.json and smc.md
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import pathlib
 import time
@@ -24,7 +25,7 @@ from scipy import special, stats
 import ppl
 from ppl.inference import smc
 
-RESULTS = pathlib.Path(__file__).parent / "results"
+RESULTS = pathlib.Path(os.environ.get("SMC_BENCH_RESULTS", pathlib.Path(__file__).parent / "results"))
 MU, RHO, SIGMA = -1.02, 0.9702, 0.178
 
 
@@ -95,6 +96,45 @@ def logistic_data(num_data=10_000, dim=25, seed=0):
     return x, y
 
 
+def logistic_reference_log_evidence(x, y, num_draws=20_000, seed=0):
+    """log Z by importance sampling from the Laplace approximation (float64 NumPy).
+
+    Returns ``(log_z, mc_standard_error)``; the Laplace proposal is excellent here
+    (N = 10,000 observations), so the importance weights' ESS is close to ``num_draws``.
+    """
+    from scipy import optimize
+
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    dim = x.shape[1]
+
+    def neg_log_joint(b):
+        logits = x @ b
+        return -(np.sum(y * logits - np.logaddexp(0, logits)) - 0.5 * b @ b)
+
+    def grad(b):
+        return -(x.T @ (y - special.expit(x @ b)) - b)
+
+    mode = optimize.minimize(neg_log_joint, np.zeros(dim), jac=grad, method="BFGS",
+                             options={"gtol": 1e-10}).x
+    p = special.expit(x @ mode)
+    hessian = (x.T * (p * (1 - p))) @ x + np.eye(dim)
+    chol = np.linalg.cholesky(np.linalg.inv(hessian))
+    rng = np.random.default_rng(seed)
+    log_w = []
+    for _ in range(num_draws // 2000):
+        z = rng.normal(size=(2000, dim))
+        b = mode + z @ chol.T
+        logits = b @ x.T
+        log_p = np.sum(y * logits - np.logaddexp(0, logits), 1) - 0.5 * np.sum(b * b, 1)
+        log_q = -0.5 * np.sum(z * z, 1) + 0.5 * np.linalg.slogdet(hessian)[1]
+        log_w.append(log_p - log_q)
+    log_w = np.concatenate(log_w)
+    log_z = special.logsumexp(log_w) - np.log(log_w.size)
+    w = np.exp(log_w - log_w.max())
+    se = w.std(ddof=1) / np.sqrt(w.size) / w.mean()  # delta method on the log scale
+    return float(log_z), float(se)
+
+
 def _logistic_loglik(beta, data):
     x, y = data
     logits = x @ beta
@@ -105,7 +145,7 @@ def _logistic_logprior(beta, data):
     return jnp.sum(jax.scipy.stats.norm.logpdf(beta))
 
 
-def bench_tempered(num_seeds, quick):
+def bench_tempered(num_seeds, quick, num_blackjax_seeds, config_names=None):
     x, y = logistic_data()
     dim = x.shape[1]
     model = ppl.from_logdensity(
@@ -113,24 +153,41 @@ def bench_tempered(num_seeds, quick):
         log_prior_fn=_logistic_logprior,
         sample_prior_fn=lambda key, n: jax.random.normal(key, (n, dim)),
     )
-    out = {}
-    configs = {"ppl_waste_free_rw": dict(kernel="rw", waste_free=True, chain_length=20)}
-    if not quick:
-        configs["ppl_hmc"] = dict(kernel="hmc", num_integration_steps=10, max_mcmc_steps=10)
+    log_z_ref, log_z_ref_se = logistic_reference_log_evidence(x, y)
+    out = {"reference_log_evidence": log_z_ref, "reference_log_evidence_se": log_z_ref_se}
+    configs = {
+        "ppl_hmc": dict(kernel="hmc", num_integration_steps=4, min_mcmc_steps=2,
+                        max_mcmc_steps=3),
+        "ppl_waste_free_hmc": dict(kernel="hmc", waste_free=True, chain_length=10,
+                                   num_integration_steps=5),
+    }
+    configs["ppl_hmc_diag"] = dict(kernel="hmc", num_integration_steps=4, min_mcmc_steps=2,
+                                   max_mcmc_steps=3, dense_mass=False)
+    configs["ppl_waste_free_rw"] = dict(kernel="rw", waste_free=True, chain_length=20)
+    wanted = config_names or ["ppl_hmc", "ppl_waste_free_hmc"]
     for name, settings in configs.items():
+        if name not in wanted:
+            continue
         ppl.infer(model, "smc", key=100, num_particles=1000, progress_bar=False, **settings)
-        log_z, times, temps = [], [], []
+        log_z, times, temps, grads = [], [], [], []
         for seed in range(num_seeds):
             post = ppl.infer(model, "smc", key=seed, num_particles=1000, progress_bar=False,
                              **settings)
             log_z.append(post.log_evidence)
             times.append(post.meta["wall_time"])
             temps.append(post.meta["num_temperatures"])
+            grads.append(post.meta["num_gradient_evals"])
         out[name] = {"log_evidence_mean": float(np.mean(log_z)),
                      "log_evidence_sd": float(np.std(log_z, ddof=1)),
+                     "log_evidence_rmse": float(np.sqrt(np.mean((np.array(log_z) - log_z_ref) ** 2))),
                      "seconds_median": float(np.median(times)),
-                     "num_temperatures_median": float(np.median(temps)), "settings": settings}
-    out["blackjax"] = bench_blackjax(model, x, y, num_seeds=1 if quick else 2)
+                     "num_temperatures_median": float(np.median(temps)),
+                     "gradient_evals_per_particle": float(np.median(grads)) / 1000,
+                     "num_seeds": num_seeds, "settings": settings}
+        print(name, json.dumps(out[name]), flush=True)
+    out["blackjax"] = bench_blackjax(model, x, y, num_seeds=num_blackjax_seeds)
+    out["blackjax"]["log_evidence_rmse"] = float(np.sqrt(np.mean(
+        (np.array(out["blackjax"]["log_evidences"]) - log_z_ref) ** 2)))
     return out
 
 
@@ -171,8 +228,10 @@ def bench_blackjax(model, x, y, num_seeds):
         log_z, k = run(seed)
         results.append((log_z, time.perf_counter() - start, k))
     log_z = [r[0] for r in results]
-    return {"log_evidence_mean": float(np.mean(log_z)),
+    return {"log_evidence_mean": float(np.mean(log_z)), "log_evidences": log_z,
             "log_evidence_sd": float(np.std(log_z, ddof=1)) if len(log_z) > 1 else None,
+            "num_seeds": num_seeds, "gradient_evals_per_particle": 10 * 10 * float(
+                np.median([r[2] for r in results])),
             "seconds_median": float(np.median([r[1] for r in results])),
             "num_temperatures_median": float(np.median([r[2] for r in results])),
             "first_run_seconds": first,
@@ -210,39 +269,67 @@ def bench_mixture(num_seeds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=None, help="tempered SMC seeds for ppl")
+    parser.add_argument("--blackjax-seeds", type=int, default=None)
+    parser.add_argument("--configs", default="", help="comma list of ppl tempered configs")
+    parser.add_argument("--only", default="filter,mixture,tempered")
+    parser.add_argument("--label", default="", help="where it ran (goes into the results)")
     args = parser.parse_args()
-    results = {"device": str(jax.devices()[0]), "jax": jax.__version__}
-    results["sv_filter"] = bench_filter(num_reps=5 if args.quick else 20)
-    print(json.dumps(results["sv_filter"], indent=1))
-    results["mixture"] = bench_mixture(num_seeds=10 if args.quick else 30)
-    print(json.dumps(results["mixture"], indent=1))
-    results["logistic_tempered"] = bench_tempered(num_seeds=2 if args.quick else 5, quick=args.quick)
-    print(json.dumps(results["logistic_tempered"], indent=1))
+    results = {"device": str(jax.devices()[0]), "jax": jax.__version__, "label": args.label,
+               "cpu_count": os.cpu_count(), "quick": args.quick}
+    only = args.only.split(",")
+    if "filter" in only:
+        results["sv_filter"] = bench_filter(num_reps=5 if args.quick else 20)
+        print(json.dumps(results["sv_filter"], indent=1), flush=True)
+    if "mixture" in only:
+        results["mixture"] = bench_mixture(num_seeds=10 if args.quick else 30)
+        print(json.dumps(results["mixture"], indent=1), flush=True)
+    if "tempered" in only:
+        seeds = args.seeds or (2 if args.quick else 10)
+        bj_seeds = args.blackjax_seeds or (1 if args.quick else 5)
+        results["logistic_tempered"] = bench_tempered(
+            seeds, args.quick, bj_seeds, args.configs.split(",") if args.configs else None)
+        print(json.dumps(results["logistic_tempered"], indent=1), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "smc.json").write_text(json.dumps(results, indent=1))
-    f, m, lt = results["sv_filter"], results["mixture"], results["logistic_tempered"]
-    lines = [
-        "# SMC benchmark", "",
-        "| task | ppl | anchor | ratio | accuracy |", "|---|---|---|---|---|",
-        f"| SV bootstrap filter T=1000 N=10k | {f['ppl_seconds_median']:.3f} s | particles 0.3: "
-        f"{f['particles_seconds_median']:.3f} s | {f['speedup']:.1f}x | log-lik {f['ppl_log_likelihood_mean']:.2f} "
-        f"± {f['ppl_log_likelihood_sd']:.2f} vs {f['particles_log_likelihood_mean']:.2f} ± "
-        f"{f['particles_log_likelihood_sd']:.2f} ({f['difference_in_standard_errors']:.1f} SE) |",
-    ]
-    bj = lt["blackjax"]
-    for name, r in lt.items():
-        if name == "blackjax":
-            continue
+    stem = "smc" + (f"_{args.label}" if args.label else "")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    lines = [f"# SMC benchmark ({args.label or 'local'}; {results['device']}, "
+             f"{results['cpu_count']} CPUs, jax {results['jax']}"
+             f"{', --quick' if args.quick else ''})", "",
+             "| task | ppl | anchor | ratio | accuracy |", "|---|---|---|---|---|"]
+    if "sv_filter" in results:
+        f = results["sv_filter"]
         lines.append(
-            f"| tempered SMC logistic N=10k D=25, 1000 particles ({name}) | {r['seconds_median']:.1f} s, "
-            f"log Z sd {r['log_evidence_sd']:.2f} | BlackJAX adaptive tempered: {bj['seconds_median']:.1f} s"
-            f", log Z {bj['log_evidence_mean']:.2f} | {bj['seconds_median'] / r['seconds_median']:.1f}x | "
-            f"log Z {r['log_evidence_mean']:.2f} |")
-    lines.append(
-        f"| two-mode mixture, 1000 particles, {m['num_seeds']} seeds | log Z bias {m['log_evidence_bias']:+.3f}"
-        f" (rmse {m['log_evidence_rmse']:.3f}); mode weight bias {m['mode_weight_bias']:+.3f} (rmse "
-        f"{m['mode_weight_rmse']:.3f}) | exact | | exact weight {m['exact_mode_weight']:.3f} |")
-    (RESULTS / "smc.md").write_text("\n".join(lines) + "\n")
+            f"| SV bootstrap filter T=1000 N=10k ({f['num_reps']} reps) | {f['ppl_seconds_median']:.3f} s | "
+            f"particles 0.3: {f['particles_seconds_median']:.3f} s | {f['speedup']:.1f}x | log-lik "
+            f"{f['ppl_log_likelihood_mean']:.2f} ± {f['ppl_log_likelihood_sd']:.2f} vs "
+            f"{f['particles_log_likelihood_mean']:.2f} ± {f['particles_log_likelihood_sd']:.2f} "
+            f"({f['difference_in_standard_errors']:.1f} SE) |")
+    if "logistic_tempered" in results:
+        lt = results["logistic_tempered"]
+        bj = lt["blackjax"]
+        for name, r in lt.items():
+            if not name.startswith("ppl_"):
+                continue
+            lines.append(
+                f"| tempered SMC logistic N=10k D=25, 1000 particles ({name}, {r['num_seeds']} seeds) | "
+                f"{r['seconds_median']:.1f} s, log Z sd {r['log_evidence_sd']:.2f}, rmse "
+                f"{r['log_evidence_rmse']:.2f}, {r['num_temperatures_median']:.0f} temperatures, "
+                f"{r['gradient_evals_per_particle']:.0f} grads/particle | BlackJAX adaptive tempered "
+                f"({bj['num_seeds']} seeds): {bj['seconds_median']:.1f} s, log Z sd "
+                f"{bj['log_evidence_sd'] if bj['log_evidence_sd'] is None else round(bj['log_evidence_sd'], 2)}"
+                f", rmse {bj['log_evidence_rmse']:.2f}, {bj['num_temperatures_median']:.0f} temperatures, "
+                f"{bj['gradient_evals_per_particle']:.0f} grads/particle | "
+                f"{bj['seconds_median'] / r['seconds_median']:.1f}x | reference log Z "
+                f"{lt['reference_log_evidence']:.2f} ± {lt['reference_log_evidence_se']:.3f} |")
+    if "mixture" in results:
+        m = results["mixture"]
+        lines.append(
+            f"| two-mode mixture, 1000 particles, {m['num_seeds']} seeds | log Z bias "
+            f"{m['log_evidence_bias']:+.3f} (rmse {m['log_evidence_rmse']:.3f}); mode weight bias "
+            f"{m['mode_weight_bias']:+.3f} (rmse {m['mode_weight_rmse']:.3f}) | exact | | exact "
+            f"weight {m['exact_mode_weight']:.3f} |")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -164,15 +164,22 @@ def next_temperature(log_weights, log_likelihood, temperature, target_ess, num_s
     return jnp.minimum(temperature + delta, 1.0), delta
 
 
-def _population_scale(particles, dense: bool):
-    """Inverse mass matrix (population covariance) and its square root."""
-    mean = jnp.mean(particles, axis=0)
+def _population_scale(particles, log_weights, dense: bool):
+    """Inverse mass matrix (weighted population covariance) and its square root.
+
+    Estimated from all ``N`` weighted particles at the new temperature (not from the
+    ``N / P`` resampled starts of the waste-free variant: 50 points cannot estimate a
+    25-D covariance).
+    """
+    w = jnp.exp(normalize_log_weights(log_weights))
+    mean = w @ particles
     centred = particles - mean
     if dense:
-        cov = centred.T @ centred / particles.shape[0]
-        cov = cov + 1e-10 * jnp.eye(cov.shape[0]) * (1.0 + jnp.trace(cov) / cov.shape[0])
+        cov = (centred * w[:, None]).T @ centred
+        cov = 0.5 * (cov + cov.T)
+        cov = cov + 1e-8 * jnp.eye(cov.shape[0]) * (1e-8 + jnp.trace(cov) / cov.shape[0])
         return cov, jnp.linalg.cholesky(cov)
-    var = jnp.mean(centred**2, axis=0) + 1e-10
+    var = w @ centred**2 + 1e-12
     return var, jnp.sqrt(var)
 
 
@@ -232,7 +239,7 @@ def step(key, state: TemperedState, model: AbstractModel, settings: _Settings):
     resample_fn = get_resampler("systematic")
     ancestors = resample_fn(resample_key, log_weights, num_start)
     starts = base.gather(state.particles, ancestors)
-    imm, scale = _population_scale(starts, settings.dense_mass)
+    imm, scale = _population_scale(state.particles, log_weights, settings.dense_mass)
     step_size = state.step_size
     algo = _make_kernel(model, temperature, step_size, imm, scale, settings)
     mcmc_states = jax.vmap(algo.init)(starts)
