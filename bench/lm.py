@@ -36,11 +36,23 @@ import numpy as np
 
 SIZES = {
     # ~1.4M parameters: what 2 shared CPU cores can run at batch 64 x 512 tokens.
-    "small": dict(vocab_size=2048, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2),
+    "small": dict(
+        vocab_size=2048,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ),
     # The shape of Qwen2-0.5B (random weights).
-    "real": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                 num_attention_heads=14, num_key_value_heads=2),
+    "real": dict(
+        vocab_size=151936,
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+    ),
 }
 PROMPT = 16
 
@@ -62,7 +74,9 @@ def bench_ppl(model, batch, tokens, repeats, recompute_steps):
     @eqx.filter_jit
     def cached(model, key):
         state = model.init_state(prompt, lengths, PROMPT + tokens)
-        _, out = model.sample_step(key, state, temperature=1.0, stop_ids=no_stop, max_new_tokens=tokens)
+        _, out = model.sample_step(
+            key, state, temperature=1.0, stop_ids=no_stop, max_new_tokens=tokens
+        )
         return out.tokens
 
     @eqx.filter_jit
@@ -73,7 +87,9 @@ def bench_ppl(model, batch, tokens, repeats, recompute_steps):
             buffer, key = carry
             key, subkey = jax.random.split(key)
             logits, _ = model.transformer(buffer, positions, None, None)
-            token = jax.random.categorical(subkey, logits[:, PROMPT + tokens - recompute_steps + i - 1])
+            token = jax.random.categorical(
+                subkey, logits[:, PROMPT + tokens - recompute_steps + i - 1]
+            )
             return buffer.at[:, PROMPT + tokens - recompute_steps + i].set(token), key
 
         return jax.lax.fori_loop(0, recompute_steps, body, (buffer, key))[0]
@@ -83,17 +99,30 @@ def bench_ppl(model, batch, tokens, repeats, recompute_steps):
     cached_s = _median_seconds(lambda: cached(model, key).block_until_ready(), repeats)
     buffer = jnp.zeros((batch, PROMPT + tokens), jnp.int32).at[:, :PROMPT].set(prompt)
     recompute(model, key, buffer).block_until_ready()
-    recompute_s = _median_seconds(lambda: recompute(model, key, buffer).block_until_ready(), repeats)
+    recompute_s = _median_seconds(
+        lambda: recompute(model, key, buffer).block_until_ready(), repeats
+    )
     return batch * tokens / cached_s, batch * recompute_steps / recompute_s
 
 
 def bench_transformers(torch_model, batch, tokens, repeats, device):
     import torch
 
-    prompt = torch.tensor(np.random.default_rng(0).integers(0, torch_model.config.vocab_size, (batch, PROMPT)),
-                          device=device)
-    kwargs = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=True, top_k=0, top_p=1.0,
-                  temperature=1.0, use_cache=True, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+    prompt = torch.tensor(
+        np.random.default_rng(0).integers(0, torch_model.config.vocab_size, (batch, PROMPT)),
+        device=device,
+    )
+    kwargs = dict(
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        temperature=1.0,
+        use_cache=True,
+        pad_token_id=0,
+        attention_mask=torch.ones_like(prompt),
+    )
 
     def run():
         with torch.no_grad():
@@ -119,13 +148,13 @@ def main(argv=None):
 
     import torch
     import transformers
-
     from ppl.models import lm
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = transformers.Qwen2Config(**SIZES[args.size], max_position_embeddings=PROMPT + args.tokens,
-                                      tie_word_embeddings=True)
+    config = transformers.Qwen2Config(
+        **SIZES[args.size], max_position_embeddings=PROMPT + args.tokens, tie_word_embeddings=True
+    )
     torch_model = transformers.Qwen2ForCausalLM(config).eval()
     with tempfile.TemporaryDirectory() as directory:
         torch_model.save_pretrained(directory)
@@ -137,28 +166,52 @@ def main(argv=None):
     for batch in map(int, args.batches.split(",")):
         cached, recompute = bench_ppl(model, batch, args.tokens, args.repeats, args.recompute_steps)
         hf = bench_transformers(torch_model, batch, args.tokens, args.repeats, device)
-        row = {"batch": batch, "tokens": args.tokens, "ppl_cached_tok_s": cached,
-               "ppl_recompute_tok_s": recompute, "transformers_tok_s": hf,
-               "cached_over_recompute": cached / recompute, "ppl_over_transformers": cached / hf}
+        row = {
+            "batch": batch,
+            "tokens": args.tokens,
+            "ppl_cached_tok_s": cached,
+            "ppl_recompute_tok_s": recompute,
+            "transformers_tok_s": hf,
+            "cached_over_recompute": cached / recompute,
+            "ppl_over_transformers": cached / hf,
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
 
     label = args.label or jax.default_backend()
-    meta = {"size": args.size, "parameters": num_params, "dtype": args.dtype,
-            "jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-            "machine": platform.platform(), "torch_threads": torch.get_num_threads(),
-            "prompt": PROMPT, "repeats": args.repeats, "recompute_steps": args.recompute_steps}
+    meta = {
+        "size": args.size,
+        "parameters": num_params,
+        "dtype": args.dtype,
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "machine": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "prompt": PROMPT,
+        "repeats": args.repeats,
+        "recompute_steps": args.recompute_steps,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"lm_{label}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"# LM sampling throughput ({label}; Qwen2 {args.size}, {num_params / 1e6:.1f}M params, "
-             f"{args.dtype}, prompt {PROMPT} + {args.tokens} new tokens)", "",
-             "| batch | ppl cached tok/s | ppl recompute tok/s | transformers tok/s | cached / recompute "
-             "| ppl / transformers |", "|---|---|---|---|---|---|"]
+    (args.out / f"lm_{label}.json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
+    )
+    lines = [
+        f"# LM sampling throughput ({label}; Qwen2 {args.size}, {num_params / 1e6:.1f}M params, "
+        f"{args.dtype}, prompt {PROMPT} + {args.tokens} new tokens)",
+        "",
+        "| batch | ppl cached tok/s | ppl recompute tok/s | transformers tok/s "
+        "| cached / recompute | ppl / transformers |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['batch']} | {r['ppl_cached_tok_s']:.0f} | {r['ppl_recompute_tok_s']:.0f} | "
-                     f"{r['transformers_tok_s']:.0f} | {r['cached_over_recompute']:.1f}x | "
-                     f"{r['ppl_over_transformers']:.2f}x |")
+        lines.append(
+            f"| {r['batch']} | {r['ppl_cached_tok_s']:.0f} | {r['ppl_recompute_tok_s']:.0f} | "
+            f"{r['transformers_tok_s']:.0f} | {r['cached_over_recompute']:.1f}x | "
+            f"{r['ppl_over_transformers']:.2f}x |"
+        )
     (args.out / f"lm_{label}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -147,5 +147,7 @@ class AbstractTokenModel(eqx.Module):
         """
 
     @abc.abstractmethod
-    def log_probs(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch length vocab"]:
+    def log_probs(
+        self, token_ids: Int[Array, "batch length"]
+    ) -> Float[Array, "batch length vocab"]:
         """Cache-free reference: next-token log-probs after each prefix ``token_ids[:, :t+1]``."""

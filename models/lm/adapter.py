@@ -42,8 +42,12 @@ class TransformerTokenModel(AbstractTokenModel):
     def _empty_cache(self, batch: int, max_length: int) -> L.KVCache:
         t = self.transformer
         return L.empty_cache(
-            num_layers=t.num_layers, batch=batch, cache_length=max_length,
-            num_kv_heads=t.num_kv_heads, head_dim=t.head_dim, dtype=t.dtype,
+            num_layers=t.num_layers,
+            batch=batch,
+            cache_length=max_length,
+            num_kv_heads=t.num_kv_heads,
+            head_dim=t.head_dim,
+            dtype=t.dtype,
         )
 
     def init_state(
@@ -108,9 +112,9 @@ class TransformerTokenModel(AbstractTokenModel):
         # Token t is predicted by the logits after token t-1; token 0 by the state's last ones.
         before = jnp.concatenate([state.last_log_probs[:, None], log_probs[:, :-1]], axis=1)
         scores = jnp.take_along_axis(before, tokens[..., None], axis=-1)[..., 0]
-        last = jnp.take_along_axis(
-            log_probs, jnp.maximum(num_valid - 1, 0)[:, None, None], axis=1
-        )[:, 0]
+        last = jnp.take_along_axis(log_probs, jnp.maximum(num_valid - 1, 0)[:, None, None], axis=1)[
+            :, 0
+        ]
         new_state = TokenState(
             cache=cache,
             lengths=state.lengths + num_valid,
@@ -139,8 +143,13 @@ class TransformerTokenModel(AbstractTokenModel):
         max_length = state.cache.keys.shape[2]
         zeros = jnp.zeros((batch, max_new_tokens))
         init = (
-            jnp.int32(0), key, state, state.alive & (state.lengths < max_length),
-            jnp.zeros((batch, max_new_tokens), jnp.int32), zeros, zeros,
+            jnp.int32(0),
+            key,
+            state,
+            state.alive & (state.lengths < max_length),
+            jnp.zeros((batch, max_new_tokens), jnp.int32),
+            zeros,
+            zeros,
             jnp.zeros((batch,), jnp.int32),
         )
 
@@ -159,7 +168,9 @@ class TransformerTokenModel(AbstractTokenModel):
                 scaled = jax.nn.log_softmax(log_probs / temperature, axis=-1)
                 token = jax.random.categorical(subkey, scaled, axis=-1)
             token = token.astype(jnp.int32)
-            pick = lambda lp: jnp.where(active, jnp.take_along_axis(lp, token[:, None], -1)[:, 0], 0.0)
+            pick = lambda lp: jnp.where(
+                active, jnp.take_along_axis(lp, token[:, None], -1)[:, 0], 0.0
+            )
             tokens = tokens.at[:, i].set(jnp.where(active, token, 0))
             base = base.at[:, i].set(pick(log_probs))
             proposal = proposal.at[:, i].set(pick(scaled))
@@ -186,7 +197,9 @@ class TransformerTokenModel(AbstractTokenModel):
             alive=state.alive[ancestors],
         )
 
-    def log_probs(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch length vocab"]:
+    def log_probs(
+        self, token_ids: Int[Array, "batch length"]
+    ) -> Float[Array, "batch length vocab"]:
         token_ids = jnp.asarray(token_ids)
         _check_rank("token_ids", token_ids, 2)
         batch, length = token_ids.shape

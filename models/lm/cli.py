@@ -1,6 +1,6 @@
 """``ppl lm sample``: sample solutions to testbed problems and report accuracy by difficulty.
 
-    ppl lm sample --num-problems 100 --num-samples 4 --difficulties 2,4,6,8
+ppl lm sample --num-problems 100 --num-samples 4 --difficulties 2,4,6,8
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ def _difficulties(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"Expected comma-separated integers, got {text!r}.") from None
+        raise argparse.ArgumentTypeError(
+            f"Expected comma-separated integers, got {text!r}."
+        ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"Expected difficulties >= 1, got {text!r}.")
     return values
@@ -27,10 +29,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     lm = subparsers.add_parser("lm", help="language models in JAX and the reasoning testbed")
     commands = lm.add_subparsers(dest="lm_command", required=True)
     sample = commands.add_parser("sample", help="sample N solutions, report accuracy by difficulty")
-    sample.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
-                        help="directory with config.json, model.safetensors (default: the testbed model)")
-    sample.add_argument("--difficulties", type=_difficulties, default=[2, 4, 6, 8],
-                        help="comma-separated numbers of operations (default 2,4,6,8)")
+    sample.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=DEFAULT_CHECKPOINT,
+        help="directory with config.json, model.safetensors (default: the testbed model)",
+    )
+    sample.add_argument(
+        "--difficulties",
+        type=_difficulties,
+        default=[2, 4, 6, 8],
+        help="comma-separated numbers of operations (default 2,4,6,8)",
+    )
     sample.add_argument("--num-problems", type=int, default=100)
     sample.add_argument("--num-samples", type=int, default=1, help="solutions per problem (N)")
     sample.add_argument("--temperature", type=float, default=1.0)
@@ -56,15 +66,22 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.checkpoint)
     key = jax.random.key(args.seed)
     rows = evaluate.accuracy_by_difficulty(
-        model, args.difficulties, key=key, num_problems=args.num_problems,
-        num_samples=args.num_samples, temperature=args.temperature, seed=args.seed,
+        model,
+        args.difficulties,
+        key=key,
+        num_problems=args.num_problems,
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        seed=args.seed,
     )
     print(f"checkpoint: {args.checkpoint}  temperature: {args.temperature}")
     print(evaluate.format_table(rows))
     if args.show:
         rng = np.random.default_rng([args.seed, 99])
         problems = [tasks.generate(rng, d) for d in args.difficulties][: args.show]
-        for problem, samples in zip(problems, evaluate.sample_solutions(model, problems, key=key), strict=True):
+        for problem, samples in zip(
+            problems, evaluate.sample_solutions(model, problems, key=key), strict=True
+        ):
             verdict = "correct" if tasks.is_correct(problem, samples[0]) else "wrong"
             print(f"\n{problem.prompt}{samples[0]}({verdict}; answer {problem.answer})")
     if args.json is not None:

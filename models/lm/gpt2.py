@@ -58,12 +58,18 @@ class GPT2Config:
 
 
 _LAYER_NAMES = {
-    "ln_1.weight": "ln_1_w", "ln_1.bias": "ln_1_b",
-    "attn.c_attn.weight": "qkv_w", "attn.c_attn.bias": "qkv_b",
-    "attn.c_proj.weight": "proj_w", "attn.c_proj.bias": "proj_b",
-    "ln_2.weight": "ln_2_w", "ln_2.bias": "ln_2_b",
-    "mlp.c_fc.weight": "fc_w", "mlp.c_fc.bias": "fc_b",
-    "mlp.c_proj.weight": "out_w", "mlp.c_proj.bias": "out_b",
+    "ln_1.weight": "ln_1_w",
+    "ln_1.bias": "ln_1_b",
+    "attn.c_attn.weight": "qkv_w",
+    "attn.c_attn.bias": "qkv_b",
+    "attn.c_proj.weight": "proj_w",
+    "attn.c_proj.bias": "proj_b",
+    "ln_2.weight": "ln_2_w",
+    "ln_2.bias": "ln_2_b",
+    "mlp.c_fc.weight": "fc_w",
+    "mlp.c_fc.bias": "fc_b",
+    "mlp.c_proj.weight": "out_w",
+    "mlp.c_proj.bias": "out_b",
 }
 
 
@@ -141,12 +147,7 @@ class GPT2(eqx.Module):
             h = jax.nn.gelu(h @ p["fc_w"] + p["fc_b"], approximate=c.tanh_gelu)
             return x + h @ p["out_w"] + p["out_b"], (keys, values)
 
-        if cache is None:
-            x, _ = jax.lax.scan(lambda x, p: (layer(x, (p, None, None))[0], None), x, self.layers)
-            new_cache = None
-        else:
-            x, (keys, values) = jax.lax.scan(layer, x, (self.layers, cache.keys, cache.values))
-            new_cache = L.KVCache(keys, values)
+        x, new_cache = L.scan_layers(layer, x, self.layers, cache)
         return L.layer_norm(x, self.ln_f_w, self.ln_f_b, c.layer_norm_epsilon), new_cache
 
     def __call__(self, token_ids, positions, cache, write_slots):

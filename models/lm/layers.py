@@ -44,6 +44,10 @@ def write(
     write_slots: Int[Array, "batch chunk"],
 ) -> Float[Array, "batch slots heads dim"]:
     """Scatters ``new`` into ``buffer`` at per-row slots; out-of-range slots are dropped."""
+    if new.shape[1] == 1:
+        # One token per row (decoding): a select is much cheaper than a scatter on CPU.
+        hit = jnp.arange(buffer.shape[1])[None, :] == write_slots
+        return jnp.where(hit[:, :, None, None], new.astype(buffer.dtype), buffer)
     rows = jnp.arange(buffer.shape[0])[:, None]
     return buffer.at[rows, write_slots].set(new.astype(buffer.dtype), mode="drop")
 
@@ -92,3 +96,23 @@ def rotary(x: Float[Array, "batch chunk heads dim"], positions, theta: float):
     half = head_dim // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     return x * cos + rotated * sin
+
+
+def scan_layers(layer, x, params, cache: KVCache | None):
+    """Runs ``layer(x, (params_i, keys_i, values_i)) -> (x, (keys_i, values_i))`` over layers.
+
+    The cache rides in the scan's carry and is updated one layer at a time, so that XLA
+    updates it in place instead of stacking a fresh copy of it at every call.
+    """
+    if cache is None:
+        return jax.lax.scan(lambda x, p: (layer(x, (p, None, None))[0], None), x, params)[0], None
+
+    def body(carry, p):
+        x, keys, values, index = carry
+        x, (layer_keys, layer_values) = layer(x, (p, keys[index], values[index]))
+        keys = jax.lax.dynamic_update_index_in_dim(keys, layer_keys, index, 0)
+        values = jax.lax.dynamic_update_index_in_dim(values, layer_values, index, 0)
+        return (x, keys, values, index + 1), None
+
+    (x, keys, values, _), _ = jax.lax.scan(body, (x, cache.keys, cache.values, 0), params)
+    return x, KVCache(keys, values)

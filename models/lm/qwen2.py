@@ -171,11 +171,8 @@ class Qwen2(eqx.Module):
             x = x + (jax.nn.silu(h @ p["gate_w"]) * (h @ p["up_w"])) @ p["down_w"]
             return x, (keys, values)
 
-        if cache is None:
-            x, _ = jax.lax.scan(lambda x, p: (layer(x, (p, None, None))[0], None), x, self.layers)
-            return L.rms_norm(x, self.norm, c.rms_norm_eps), None
-        x, (keys, values) = jax.lax.scan(layer, x, (self.layers, cache.keys, cache.values))
-        return L.rms_norm(x, self.norm, c.rms_norm_eps), L.KVCache(keys, values)
+        x, cache = L.scan_layers(layer, x, self.layers, cache)
+        return L.rms_norm(x, self.norm, c.rms_norm_eps), cache
 
     def __call__(self, token_ids, positions, cache, write_slots):
         """Logits ``(batch, chunk, vocab)`` in float32 and the updated cache."""
@@ -190,8 +187,13 @@ def init(key: PRNGKeyArray, config: Qwen2Config, *, dtype=jnp.float32) -> Qwen2:
     n, d, i = c.num_hidden_layers, c.hidden_size, c.intermediate_size
     q_dim, kv_dim = c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
     shapes = {
-        "q_w": (n, d, q_dim), "k_w": (n, d, kv_dim), "v_w": (n, d, kv_dim), "o_w": (n, q_dim, d),
-        "gate_w": (n, d, i), "up_w": (n, d, i), "down_w": (n, i, d),
+        "q_w": (n, d, q_dim),
+        "k_w": (n, d, kv_dim),
+        "v_w": (n, d, kv_dim),
+        "o_w": (n, q_dim, d),
+        "gate_w": (n, d, i),
+        "up_w": (n, d, i),
+        "down_w": (n, i, d),
     }
     keys = jax.random.split(key, len(shapes) + 2)
     layers = {
@@ -199,12 +201,18 @@ def init(key: PRNGKeyArray, config: Qwen2Config, *, dtype=jnp.float32) -> Qwen2:
         for k, (name, shape) in zip(keys, shapes.items(), strict=False)
     }
     layers.update(
-        q_b=jnp.zeros((n, q_dim), dtype), k_b=jnp.zeros((n, kv_dim), dtype),
-        v_b=jnp.zeros((n, kv_dim), dtype), input_norm=jnp.ones((n, d), dtype),
+        q_b=jnp.zeros((n, q_dim), dtype),
+        k_b=jnp.zeros((n, kv_dim), dtype),
+        v_b=jnp.zeros((n, kv_dim), dtype),
+        input_norm=jnp.ones((n, d), dtype),
         post_norm=jnp.ones((n, d), dtype),
     )
     embed = 0.02 * jax.random.normal(keys[-2], (c.vocab_size, d), dtype)
-    lm_head = None if c.tie_word_embeddings else 0.02 * jax.random.normal(keys[-1], (c.vocab_size, d), dtype)
+    lm_head = (
+        None
+        if c.tie_word_embeddings
+        else 0.02 * jax.random.normal(keys[-1], (c.vocab_size, d), dtype)
+    )
     return Qwen2(c, embed, layers, jnp.ones((d,), dtype), lm_head)
 
 
@@ -237,7 +245,9 @@ def to_hf(model: Qwen2) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         stacked = np.asarray(model.layers[name], np.float32)
         for index in range(c.num_hidden_layers):
             w = stacked[index]
-            tensors[f"model.layers.{index}.{hf_name}"] = np.ascontiguousarray(w.T if transpose else w)
+            tensors[f"model.layers.{index}.{hf_name}"] = np.ascontiguousarray(
+                w.T if transpose else w
+            )
     return c.to_hf(), tensors
 
 

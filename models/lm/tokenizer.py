@@ -45,7 +45,9 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
-    def encode_batch(self, texts: Sequence[str], *, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def encode_batch(
+        self, texts: Sequence[str], *, pad_id: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Right-padded ``(batch, width)`` ids and ``(batch,)`` lengths, as ``init_state`` takes."""
         encoded = [self.encode(text) for text in texts]
         lengths = np.array([len(ids) for ids in encoded], np.int32)
@@ -69,7 +71,9 @@ class Tokenizer:
         ids = [
             index
             for index in range(self.vocab_size)
-            if any(stop in self.decode([index], skip_special_tokens=False) for stop in stop_sequences)
+            if any(
+                stop in self.decode([index], skip_special_tokens=False) for stop in stop_sequences
+            )
         ]
         return np.array(ids, np.int32)
 

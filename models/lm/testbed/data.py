@@ -40,7 +40,9 @@ def encode(text: str) -> list[int]:
     try:
         return [_IDS[character] for character in text]
     except KeyError as error:
-        raise ValueError(f"Expected testbed characters {CHARACTERS!r}, got {error.args[0]!r}.") from None
+        raise ValueError(
+            f"Expected testbed characters {CHARACTERS!r}, got {error.args[0]!r}."
+        ) from None
 
 
 def decode(ids) -> str:
@@ -74,7 +76,9 @@ def training_batch(
         ids[row, : len(row_ids)] = row_ids
         loss_mask[row, len(prompt_ids) : len(row_ids)] = 1.0
         position = len(prompt_ids) - 1
-        for label, line in zip(tasks.step_labels(problem, solution), solution.split("\n"), strict=False):
+        for label, line in zip(
+            tasks.step_labels(problem, solution), solution.split("\n"), strict=False
+        ):
             position += len(line) + 1
             if position < length:
                 step_ends[row, position] = int(label)

@@ -23,7 +23,10 @@ def max_new_tokens(difficulty: int) -> int:
 def _sample(model, key, prompt_ids, prompt_lengths, temperature, max_length, num_new):
     state = model.init_state(prompt_ids, prompt_lengths, max_length)
     _, out = model.sample_step(
-        key, state, temperature=temperature, stop_ids=jnp.array([], jnp.int32),
+        key,
+        state,
+        temperature=temperature,
+        stop_ids=jnp.array([], jnp.int32),
         max_new_tokens=num_new,
     )
     return out.tokens, out.num_tokens
@@ -47,8 +50,13 @@ def sample_solutions(
         ids[row, : len(prompt)] = prompt
     num_new = max_new_tokens(max(p.difficulty for p in problems))
     tokens, counts = _sample(
-        model, key, jnp.asarray(ids), jnp.asarray(lengths), temperature,
-        int(lengths.max()) + num_new, num_new,
+        model,
+        key,
+        jnp.asarray(ids),
+        jnp.asarray(lengths),
+        temperature,
+        int(lengths.max()) + num_new,
+        num_new,
     )
     tokens, counts = np.asarray(tokens), np.asarray(counts)
     texts = [data.decode(tokens[row, : counts[row]]) for row in range(len(prompts))]
@@ -74,21 +82,30 @@ def accuracy_by_difficulty(
         samples = sample_solutions(
             model, problems, key=subkey, num_samples=num_samples, temperature=temperature
         )
-        correct = np.array([[tasks.is_correct(p, s) for s in row] for p, row in zip(problems, samples, strict=True)])
+        correct = np.array(
+            [
+                [tasks.is_correct(p, s) for s in row]
+                for p, row in zip(problems, samples, strict=True)
+            ]
+        )
         majority = []
         for problem, row in zip(problems, samples, strict=True):
             answers = [a for a in map(tasks.parse_answer, row) if a is not None]
             vote = max(set(answers), key=answers.count) if answers else None
             majority.append(vote == problem.answer)
-        rows.append({
-            "difficulty": difficulty,
-            "num_problems": num_problems,
-            "num_samples": num_samples,
-            "accuracy": float(correct.mean()),
-            "accuracy_se": float(correct.mean(1).std(ddof=1) / np.sqrt(num_problems)) if num_problems > 1 else 0.0,
-            "pass_at_n": float(correct.any(1).mean()),
-            "majority_vote": float(np.mean(majority)),
-        })
+        rows.append(
+            {
+                "difficulty": difficulty,
+                "num_problems": num_problems,
+                "num_samples": num_samples,
+                "accuracy": float(correct.mean()),
+                "accuracy_se": float(correct.mean(1).std(ddof=1) / np.sqrt(num_problems))
+                if num_problems > 1
+                else 0.0,
+                "pass_at_n": float(correct.any(1).mean()),
+                "majority_vote": float(np.mean(majority)),
+            }
+        )
     return rows
 
 
@@ -97,6 +114,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['difficulty']:>10}  {r['num_problems']:>8}  {r['num_samples']:>7}  "
-            f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f}  {r['pass_at_n']:.3f}   {r['majority_vote']:.3f}"
+            f"{r['accuracy']:.3f} ± {r['accuracy_se']:.3f}  "
+            f"{r['pass_at_n']:.3f}   {r['majority_vote']:.3f}"
         )
     return "\n".join(lines)

@@ -57,14 +57,30 @@ class LearnedPRM(eqx.Module):
 
     def step_scores(self, problem: tasks.Problem, trace: str) -> np.ndarray:
         """Probability of a correct prefix after each complete line of ``trace``."""
-        ids = data.encode(problem.prompt + trace)
-        probs = np.asarray(jax.nn.sigmoid(self.logits(jnp.asarray([ids]))[0]))
-        ends = [i for i, token in enumerate(ids) if token == data.NEWLINE_ID][1:]
-        return probs[ends]
+        return self.step_scores_batch([problem], [trace])[0]
+
+    def step_scores_batch(self, problems, traces) -> list[np.ndarray]:
+        """``step_scores`` for many traces in one jitted call (padded to a multiple of 64)."""
+        encoded = [data.encode(p.prompt + t) for p, t in zip(problems, traces, strict=True)]
+        width = 64 * -(-max(len(ids) for ids in encoded) // 64)
+        ids = np.full((len(encoded), width), data.PAD_ID, np.int32)
+        for row, row_ids in enumerate(encoded):
+            ids[row, : len(row_ids)] = row_ids
+        probs = np.asarray(jax.nn.sigmoid(_logits(self, jnp.asarray(ids))))
+        scores = []
+        for row, row_ids in enumerate(encoded):
+            ends = [i for i, token in enumerate(row_ids) if token == data.NEWLINE_ID][1:]
+            scores.append(probs[row, ends])
+        return scores
 
     def score(self, problem: tasks.Problem, trace: str) -> float:
         scores = self.step_scores(problem, trace)
         return float(scores[-1]) if len(scores) else 1.0
+
+
+@eqx.filter_jit
+def _logits(prm: LearnedPRM, ids):
+    return prm.logits(ids)
 
 
 def init(key, config: qwen2.Qwen2Config) -> LearnedPRM:
@@ -93,4 +109,6 @@ def load(directory: str | Path) -> LearnedPRM:
     config = json.loads((directory / "config.json").read_text())
     tensors = load_file(directory / "model.safetensors")
     body = qwen2.from_hf({**config, "tie_word_embeddings": True}, tensors, dtype=jnp.float32)
-    return LearnedPRM(body, jnp.asarray(tensors["score.weight"][0]), jnp.asarray(tensors["score.bias"][0]))
+    return LearnedPRM(
+        body, jnp.asarray(tensors["score.weight"][0]), jnp.asarray(tensors["score.bias"][0])
+    )

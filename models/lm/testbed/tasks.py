@@ -177,4 +177,6 @@ def step_is_valid(line: str, previous_value: int, operation: tuple[str, int]) ->
     if not match:
         return False
     left, op, operand, result = int(match[1]), match[2], int(match[3]), int(match[4])
-    return (left, op, operand) == (previous_value, *operation) and result == apply(op, left, operand)
+    return (left, op, operand) == (previous_value, *operation) and result == apply(
+        op, left, operand
+    )

@@ -27,13 +27,26 @@ from ..adapter import TransformerTokenModel
 from . import data, evaluate, prm, tasks
 
 LM_CONFIG = qwen2.Qwen2Config(
-    vocab_size=len(data.VOCAB), hidden_size=128, intermediate_size=256, num_hidden_layers=4,
-    num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=10000.0,
-    tie_word_embeddings=True, max_position_embeddings=256,
+    vocab_size=len(data.VOCAB),
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    rope_theta=10000.0,
+    tie_word_embeddings=True,
+    max_position_embeddings=256,
 )
 PRM_CONFIG = qwen2.Qwen2Config(
-    vocab_size=len(data.VOCAB), hidden_size=96, intermediate_size=192, num_hidden_layers=3,
-    num_attention_heads=4, num_key_value_heads=2, head_dim=24, tie_word_embeddings=True,
+    vocab_size=len(data.VOCAB),
+    hidden_size=96,
+    intermediate_size=192,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=24,
+    tie_word_embeddings=True,
     max_position_embeddings=256,
 )
 MAX_DIFFICULTY = 8
@@ -62,7 +75,10 @@ def prm_loss(model: prm.LearnedPRM, ids, labels):
 
 def _optimizer(steps: int, learning_rate: float):
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, warmup_steps=min(100, steps // 10), decay_steps=steps,
+        0.0,
+        learning_rate,
+        warmup_steps=min(100, steps // 10),
+        decay_steps=steps,
         end_value=learning_rate * 0.05,
     )
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
@@ -85,25 +101,32 @@ def fit(model, loss_fn, batch_fn, *, steps: int, learning_rate: float, log_every
         losses.append(float(loss))
         if (index + 1) % log_every == 0 or index == 0:
             recent = np.mean(losses[-log_every:])
-            print(f"[{name}] step {index + 1}/{steps} loss {recent:.4f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
-    return model, {"steps": steps, "final_loss": float(np.mean(losses[-100:])),
-                   "seconds": time.perf_counter() - start}
+            print(
+                f"[{name}] step {index + 1}/{steps} loss {recent:.4f} "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+    return model, {
+        "steps": steps,
+        "final_loss": float(np.mean(losses[-100:])),
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def evaluate_prm(learned: prm.LearnedPRM, problems, traces) -> dict:
     """The learned PRM's step scores against the oracle's labels."""
     oracle = prm.OraclePRM()
     scores, labels = [], []
-    logits_fn = eqx.filter_jit(learned.logits)
-    for problem, trace in zip(problems, traces, strict=True):
-        ids = data.encode(problem.prompt + trace)
-        probs = np.asarray(jax.nn.sigmoid(logits_fn(jnp.asarray([ids]))[0]))
-        ends = [i for i, token in enumerate(ids) if token == data.NEWLINE_ID][1:]
-        step_labels = oracle.step_scores(problem, trace)
-        count = min(len(ends), len(step_labels))
-        scores.extend(probs[ends[:count]])
-        labels.extend(step_labels[:count])
+    for start in range(0, len(problems), 100):
+        chunk = slice(start, start + 100)
+        batch_scores = learned.step_scores_batch(problems[chunk], traces[chunk])
+        for problem, trace, step_scores in zip(
+            problems[chunk], traces[chunk], batch_scores, strict=True
+        ):
+            step_labels = oracle.step_scores(problem, trace)
+            count = min(len(step_scores), len(step_labels))
+            scores.extend(step_scores[:count])
+            labels.extend(step_labels[:count])
     scores, labels = np.asarray(scores), np.asarray(labels).astype(bool)
     predicted = scores >= 0.5
     return {
@@ -128,12 +151,16 @@ def _auc(scores, labels) -> float | None:
         tied = scores == value
         ranks[tied] = ranks[tied].mean()
     positives = labels.sum()
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * (~labels).sum()))
+    return float(
+        (ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * (~labels).sum())
+    )
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "checkpoints")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "checkpoints"
+    )
     parser.add_argument("--lm-steps", type=int, default=2500)
     parser.add_argument("--prm-steps", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=64)
@@ -148,12 +175,19 @@ def main(argv=None) -> dict:
     key_lm, key_prm, key_eval = jax.random.split(jax.random.key(args.seed), 3)
 
     def lm_batch():
-        ids, mask, *_ = data.training_batch(rng, args.batch, SEQUENCE_LENGTH, max_difficulty=MAX_DIFFICULTY)
+        ids, mask, *_ = data.training_batch(
+            rng, args.batch, SEQUENCE_LENGTH, max_difficulty=MAX_DIFFICULTY
+        )
         return jnp.asarray(ids), jnp.asarray(mask)
 
     model, lm_info = fit(
-        qwen2.init(key_lm, LM_CONFIG), lm_loss, lm_batch, steps=args.lm_steps,
-        learning_rate=args.learning_rate, log_every=args.log_every, name="lm",
+        qwen2.init(key_lm, LM_CONFIG),
+        lm_loss,
+        lm_batch,
+        steps=args.lm_steps,
+        learning_rate=args.learning_rate,
+        log_every=args.log_every,
+        name="lm",
     )
     lm_dir = args.out / "arith"
     loading.save_qwen2(model, lm_dir, eos_token_id=data.EOS_ID, pad_token_id=data.PAD_ID)
@@ -167,22 +201,32 @@ def main(argv=None) -> dict:
         return jnp.asarray(ids), jnp.asarray(labels)
 
     learned, prm_info = fit(
-        prm.init(key_prm, PRM_CONFIG), prm_loss, prm_batch, steps=args.prm_steps,
-        learning_rate=args.learning_rate, log_every=args.log_every, name="prm",
+        prm.init(key_prm, PRM_CONFIG),
+        prm_loss,
+        prm_batch,
+        steps=args.prm_steps,
+        learning_rate=args.learning_rate,
+        log_every=args.log_every,
+        name="prm",
     )
     prm.save(learned, args.out / "arith_prm")
     train_seconds = time.perf_counter() - start
 
     token_model = TransformerTokenModel(model, end_ids=(data.EOS_ID,))
     accuracy = evaluate.accuracy_by_difficulty(
-        token_model, range(1, MAX_DIFFICULTY + 1), key=key_eval,
-        num_problems=args.eval_problems, seed=10_000 + args.seed,
+        token_model,
+        range(1, MAX_DIFFICULTY + 1),
+        key=key_eval,
+        num_problems=args.eval_problems,
+        seed=10_000 + args.seed,
     )
     print(evaluate.format_table(accuracy), flush=True)
 
     # The learned PRM on held-out noisy traces and on the language model's own samples.
     held_out = np.random.default_rng(20_000 + args.seed)
-    problems = [tasks.generate(held_out, d) for d in range(1, MAX_DIFFICULTY + 1) for _ in range(50)]
+    problems = [
+        tasks.generate(held_out, d) for d in range(1, MAX_DIFFICULTY + 1) for _ in range(50)
+    ]
     noisy = [tasks.noisy_solution(held_out, p, slip_scale=2.0) for p in problems]
     sampled = [row[0] for row in evaluate.sample_solutions(token_model, problems, key=key_eval)]
     prm_quality = {
@@ -194,7 +238,9 @@ def main(argv=None) -> dict:
     metrics = {
         "lm_config": LM_CONFIG.to_hf(),
         "lm_parameters": int(sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_array)))),
-        "prm_parameters": int(sum(x.size for x in jax.tree.leaves(eqx.filter(learned, eqx.is_array)))),
+        "prm_parameters": int(
+            sum(x.size for x in jax.tree.leaves(eqx.filter(learned, eqx.is_array)))
+        ),
         "lm_training": lm_info,
         "prm_training": prm_info,
         "training_seconds": train_seconds,
@@ -202,8 +248,16 @@ def main(argv=None) -> dict:
         "args": {k: str(v) for k, v in vars(args).items()},
         "accuracy_by_difficulty": accuracy,
         "data_accuracy_by_difficulty": {
-            d: float(np.mean([tasks.is_correct(p := tasks.generate(held_out, d), tasks.noisy_solution(held_out, p))
-                              for _ in range(2000)]))
+            d: float(
+                np.mean(
+                    [
+                        tasks.is_correct(
+                            p := tasks.generate(held_out, d), tasks.noisy_solution(held_out, p)
+                        )
+                        for _ in range(2000)
+                    ]
+                )
+            )
             for d in range(1, MAX_DIFFICULTY + 1)
         },
         "learned_prm": prm_quality,

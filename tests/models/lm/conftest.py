@@ -36,7 +36,12 @@ def gpt2_dir(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.GPT2Config(
-        vocab_size=61, n_positions=48, n_embd=32, n_layer=2, n_head=4, eos_token_id=60,
+        vocab_size=61,
+        n_positions=48,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        eos_token_id=60,
     )
     model = transformers.GPT2LMHeadModel(config).eval()
     _perturb(torch, model)
@@ -51,9 +56,15 @@ def qwen2_dir(tmp_path_factory):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(1)
     config = transformers.Qwen2Config(
-        vocab_size=67, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        tie_word_embeddings=False, eos_token_id=66,
+        vocab_size=67,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        eos_token_id=66,
     )
     model = transformers.Qwen2ForCausalLM(config).eval()
     _perturb(torch, model)

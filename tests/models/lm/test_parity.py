@@ -5,7 +5,6 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from ppl.models import lm
 
 
@@ -29,7 +28,9 @@ def test_logits_match_transformers(which, request):
     cache = model._empty_cache(3, 20)
     logits, _ = model.transformer(jnp.asarray(ids), positions, cache, positions)
     np.testing.assert_allclose(np.asarray(logits), expected_logits, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(np.asarray(model.log_probs(ids)), expected_log_probs, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(model.log_probs(ids)), expected_log_probs, atol=1e-5, rtol=0
+    )
 
 
 def test_qwen2_checkpoint_is_sharded(qwen2_dir):
@@ -44,7 +45,9 @@ def test_eos_from_config(gpt2_dir):
 
 def test_unsupported_architecture_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(ValueError, match="LlamaForCausalLM.*supported: GPT2LMHeadModel, Qwen2ForCausalLM"):
+    with pytest.raises(
+        ValueError, match="LlamaForCausalLM.*supported: GPT2LMHeadModel, Qwen2ForCausalLM"
+    ):
         lm.load(tmp_path)
 
 

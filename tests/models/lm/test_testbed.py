@@ -6,7 +6,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from ppl.models import lm
 from ppl.models.lm import cli
 from ppl.models.lm.testbed import data, evaluate, prm, tasks
@@ -26,7 +25,9 @@ def test_generated_problems_stay_in_range_and_gold_solutions_check():
             assert all(tasks.step_labels(problem, solution))
             lines = solution.splitlines()
             previous = problem.start
-            for line, operation, value in zip(lines, problem.operations, problem.values(), strict=False):
+            for line, operation, value in zip(
+                lines, problem.operations, problem.values(), strict=False
+            ):
                 assert tasks.step_is_valid(line, previous, operation)
                 previous = value
 
@@ -49,10 +50,12 @@ def test_slip_rate_matches_its_specification():
     rng = np.random.default_rng(1)
     num = 2000
     for difficulty in (2, 8):
-        correct = np.mean([
-            tasks.is_correct(p := tasks.generate(rng, difficulty), tasks.noisy_solution(rng, p))
-            for _ in range(num)
-        ])
+        correct = np.mean(
+            [
+                tasks.is_correct(p := tasks.generate(rng, difficulty), tasks.noisy_solution(rng, p))
+                for _ in range(num)
+            ]
+        )
         expected = np.prod([1 - tasks.slip_probability(s) for s in range(difficulty)])
         standard_error = np.sqrt(expected * (1 - expected) / num)
         assert abs(correct - expected) < 4 * standard_error
@@ -79,7 +82,9 @@ def test_shipped_checkpoint_is_small_and_loads_in_transformers():
     model = lm.load(CHECKPOINTS / "arith")
     assert model.end_ids == (data.EOS_ID,)
     reference = transformers.Qwen2ForCausalLM.from_pretrained(CHECKPOINTS / "arith").eval()
-    ids = np.array([data.encode(tasks.Problem(7, (("+", 5), ("*", 2))).prompt + "7+5=12\n12*2=24\n")])
+    ids = np.array(
+        [data.encode(tasks.Problem(7, (("+", 5), ("*", 2))).prompt + "7+5=12\n12*2=24\n")]
+    )
     with torch.no_grad():
         expected = torch.log_softmax(reference(torch.tensor(ids)).logits, -1).numpy()
     np.testing.assert_allclose(np.asarray(model.log_probs(ids)), expected, atol=1e-5, rtol=0)
@@ -87,11 +92,16 @@ def test_shipped_checkpoint_is_small_and_loads_in_transformers():
 
 def test_shipped_model_gets_worse_with_difficulty():
     model = lm.load(CHECKPOINTS / "arith")
-    rows = evaluate.accuracy_by_difficulty(model, [2, 8], key=jax.random.key(0), num_problems=64)
-    easy, hard = rows[0]["accuracy"], rows[1]["accuracy"]
+    rng = np.random.default_rng(5)
+    num = 64
+    problems = [tasks.generate(rng, d) for d in (2, 8) for _ in range(num)]
+    samples = evaluate.sample_solutions(model, problems, key=jax.random.key(0))
+    correct = np.array([tasks.is_correct(p, s[0]) for p, s in zip(problems, samples, strict=True)])
+    easy, hard = correct[:num].mean(), correct[num:].mean()
     assert easy > 0.75
     assert hard < 0.45
-    assert easy - hard > 4 * np.hypot(rows[0]["accuracy_se"], rows[1]["accuracy_se"])
+    standard_error = np.sqrt((easy * (1 - easy) + hard * (1 - hard)) / num)
+    assert easy - hard > 4 * standard_error
 
 
 def test_oracle_and_learned_prm_rank_correct_steps_higher():
@@ -101,9 +111,12 @@ def test_oracle_and_learned_prm_rank_correct_steps_higher():
     problems = [tasks.generate(rng, 4) for _ in range(40)]
     traces = [tasks.noisy_solution(rng, p, slip_scale=3.0) for p in problems]
     good, bad = [], []
-    for problem, trace in zip(problems, traces, strict=True):
+    batch_scores = learned.step_scores_batch(problems, traces)
+    np.testing.assert_allclose(
+        learned.step_scores(problems[0], traces[0]), batch_scores[0], atol=1e-5
+    )
+    for problem, trace, scores in zip(problems, traces, batch_scores, strict=True):
         labels = oracle.step_scores(problem, trace)
-        scores = learned.step_scores(problem, trace)
         assert scores.shape == labels.shape
         assert np.all((scores >= 0) & (scores <= 1))
         good.extend(scores[labels == 1])
@@ -118,8 +131,18 @@ def test_cli_reports_accuracy_by_difficulty(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
-        ["lm", "sample", "--difficulties", "1,3", "--num-problems", "8", "--num-samples", "2",
-         "--json", str(tmp_path / "rows.json")]
+        [
+            "lm",
+            "sample",
+            "--difficulties",
+            "1,3",
+            "--num-problems",
+            "8",
+            "--num-samples",
+            "2",
+            "--json",
+            str(tmp_path / "rows.json"),
+        ]
     )
     assert cli.run(args) == 0
     out = capsys.readouterr().out
