@@ -1,6 +1,8 @@
 # Run bench/smc.py on the lent device machine's CPUs (its image has jax but neither
-# blackjax nor particles: bench/results/smc_site carries copies of their pure-Python
-# packages; ppl is assembled under /tmp/site the way the package-dir mapping installs it).
+# blackjax nor particles). Before the call, copy their pure-Python packages from the venv
+# (untracked, not committed):
+#   mkdir -p bench/results/smc_site && cp -r .venv/lib/python3.11/site-packages/{blackjax,particles} bench/results/smc_site/
+# ppl is assembled under /tmp/site the way the package-dir mapping installs it).
 set -e
 mkdir -p /tmp/site/ppl
 cp -r ppl/. /tmp/site/ppl/
