@@ -1,9 +1,12 @@
 """Flow VI side by side: ppl flow VI vs flowjax used directly vs NumPyro AutoIAFNormal /
 AutoBNAFNormal, on Neal's funnel (2-D, 10-D) and eight schools (non-centred): final ELBO,
 PSIS k-hat and wall time (first call, compilation included), all from 4000 fresh draws.
-Writes bench/results/vi.json and vi.md. Coin vs SVGD: see bench/coin_paper.py.
+With ``--posteriordb``: ppl flow VI with default settings on the nine posteriordb dev
+posteriors against their reference draws (max |dmean| / ref sd, max |sd ratio - 1|, k-hat,
+wall time). Writes bench/results/vi.json and vi.md (rows of a partial run replace the
+matching rows already there). Coin vs SVGD: see bench/coin_paper.py.
 
-Run: .venv/bin/python bench/vi.py [--quick]
+Run: .venv/bin/python bench/vi.py [--quick] [--models "funnel 10-D" ...] [--posteriordb]
 """
 
 from __future__ import annotations
@@ -57,7 +60,29 @@ def run_ppl(model, steps):
                          progress_bar=False)
     wall = time.perf_counter() - t
     z, log_q = result.flow.sample_and_log_prob(jax.random.key(9), (4000,))
-    return {**_diag(model, z, log_q), "wall_time": wall}
+    return {**_diag(model, z, log_q), "wall_time": wall, "whitening": result.whitening}
+
+
+def run_posteriordb(name):
+    """Flow VI with no settings on one posteriordb posterior, against its reference."""
+    from ppl import models
+    from ppl.models.posteriordb import load_reference_flat, stan_flat_values
+
+    model = models.get(f"posteriordb/{name}").build()
+    t = time.perf_counter()
+    post = ppl.infer(model, "flow_vi", key=0, progress_bar=False, warn=False)
+    wall = time.perf_counter() - t
+    flat_names, reference = load_reference_flat(name)
+    reference = reference.reshape(-1, len(flat_names))
+    values = stan_flat_values(post.samples, flat_names)
+    draws = np.stack([np.asarray(values[n]).reshape(-1) for n in flat_names], -1)
+    z = np.abs(draws.mean(0) - reference.mean(0)) / reference.std(0)
+    r = np.abs(draws.std(0) / reference.std(0) - 1)
+    return {"posterior": name, "dim": model.dim, "max_dmean_sd": float(z.max()),
+            "worst_mean": flat_names[int(z.argmax())], "max_sd_ratio_error": float(r.max()),
+            "worst_sd": flat_names[int(r.argmax())], "khat": post.meta["khat"],
+            "whitening": post.meta["whitening"], "num_steps": int(post.history["elbo"].size),
+            "wall_time": wall, "passes": bool(z.max() < 0.2 and r.max() < 0.2)}
 
 
 def run_flowjax(model, steps):
@@ -94,20 +119,45 @@ def run_numpyro(model_fn, kwargs, model, steps, guide_cls):
     return {**_diag(model, z, log_q), "wall_time": wall}
 
 
+POSTERIORDB = ["arK-arK", "diamonds-diamonds", "eight_schools-eight_schools_centered",
+               "eight_schools-eight_schools_noncentered", "garch-garch11",
+               "gp_pois_regr-gp_pois_regr", "hmm_example-hmm_example",
+               "kidiq-kidscore_momiq", "low_dim_gauss_mix-low_dim_gauss_mix"]
+
+
 def main(argv=None):
     from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--models", nargs="*", default=None,
+                        help="side-by-side cases to run (default: all)")
+    parser.add_argument("--posteriordb", nargs="*", default=None,
+                        help="run the posteriordb table (all nine, or the names given)")
     args = parser.parse_args(argv)
     steps = 500 if args.quick else 2000
+    previous = json.loads((RESULTS / "vi.json").read_text()) if (RESULTS / "vi.json").exists() \
+        else {}
+    rows, pdb_rows = previous.get("rows", []), previous.get("posteriordb", [])
+    if args.posteriordb is not None:
+        for name in args.posteriordb or POSTERIORDB:
+            try:
+                row = run_posteriordb(name)
+            except Exception as error:  # a failure is a result too
+                row = {"posterior": name, "error": repr(error)[:200]}
+            pdb_rows = [r for r in pdb_rows if r["posterior"] != name] + [row]
+            print(json.dumps(row), flush=True)
+            _write(rows, pdb_rows, steps)
+        if args.models is None:
+            return
     cases = {"funnel 2-D": (funnel(2), {}), "funnel 10-D": (funnel(10), {}),
              "eight schools": (eight_schools, SCHOOLS)}
-    rows = []
     for name, (model_fn, kwargs) in cases.items():
+        if args.models and name not in args.models:
+            continue
         model = ppl.from_numpyro(model_fn, **kwargs)
         runs = {
-            "ppl flow_vi (MAF, whitened)": lambda: run_ppl(model, steps),
+            "ppl flow_vi (MAF, auto whitening)": lambda: run_ppl(model, steps),
             "flowjax MAF direct": lambda: run_flowjax(model, steps),
             "numpyro AutoIAFNormal": lambda: run_numpyro(model_fn, kwargs, model, steps, AutoIAFNormal),
             "numpyro AutoBNAFNormal": lambda: run_numpyro(model_fn, kwargs, model, steps, AutoBNAFNormal),
@@ -117,14 +167,19 @@ def main(argv=None):
                 row = {"model": name, "method": method, **fn()}
             except Exception as error:  # a library failing on a model is a result too
                 row = {"model": name, "method": method, "error": repr(error)[:200]}
-            rows.append(row)
+            keep = [r for r in rows if (r["model"], r["method"]) != (name, method)
+                    and not (r["model"] == name and r["method"].startswith("ppl")
+                             and method.startswith("ppl"))]
+            rows = keep + [row]
+            rows.sort(key=lambda r: list(cases).index(r["model"]) if r["model"] in cases else 99)
             print(json.dumps(row), flush=True)
-            _write(rows, steps)
+            _write(rows, pdb_rows, steps)
 
 
-def _write(rows, steps):
+def _write(rows, pdb_rows, steps):
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "vi.json").write_text(json.dumps({"steps": steps, "rows": rows}, indent=1))
+    (RESULTS / "vi.json").write_text(json.dumps(
+        {"steps": steps, "rows": rows, "posteriordb": pdb_rows}, indent=1))
     lines = ["| model | method | ELBO | k-hat | wall time (s) |", "|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
@@ -132,10 +187,29 @@ def _write(rows, steps):
         else:
             lines.append(f"| {r['model']} | {r['method']} | {r['elbo']:.3f} | {r['khat']:.2f} "
                          f"| {r['wall_time']:.1f} |")
+    pdb = ["| posterior | dim | max abs(dmean)/sd | max abs(sd ratio - 1) | k-hat | whitening "
+           "| steps | wall time (s) | passes |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in pdb_rows:
+        if "error" in r:
+            pdb.append(f"| {r['posterior']} | | error: {r['error'][:80]} | | | | | | no |")
+        else:
+            pdb.append(
+                f"| {r['posterior']} | {r['dim']} | {r['max_dmean_sd']:.3f} ({r['worst_mean']}) "
+                f"| {r['max_sd_ratio_error']:.3f} ({r['worst_sd']}) | {r['khat']:.2f} "
+                f"| {r['whitening']} | {r['num_steps']} | {r['wall_time']:.1f} "
+                f"| {'yes' if r['passes'] else 'no'} |")
     (RESULTS / "vi.md").write_text(
         f"Flow VI, {steps} steps, 16 draws per ELBO estimate; ELBO and k-hat from 4000 fresh "
-        "draws (log Z = 0 for the funnels).\n\n" + "\n".join(lines) + "\n")
+        "draws (log Z = 0 for the funnels). Wall time includes compilation; 2 shared CPU "
+        "cores.\n\n" + "\n".join(lines) + "\n\n"
+        "## posteriordb dev posteriors, flow VI with default settings\n\n"
+        "`ppl.infer(model, \"flow_vi\", key=0)`, 2000 draws from q; criterion (issue 5): "
+        "abs(dmean) < 0.2 reference sd and sd within 20% for every flat parameter.\n\n"
+        + "\n".join(pdb) + "\n" + NOTES)
     return lines
+
+
+NOTES = ""
 
 
 if __name__ == "__main__":

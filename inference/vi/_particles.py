@@ -1,7 +1,8 @@
 """The shared driver of the particle engines (coin SVGD, coin KSDD, SVGD).
 
 Particles live in whitened coordinates ``u`` (``z = m + W u`` from a Laplace
-approximation) unless ``whiten=False``; the model is an argument of the compiled chunk, so
+approximation, or from robust prior moments when the mode search fails, as on a funnel)
+unless ``whiten=False``; the model is an argument of the compiled chunk, so
 new data of the same shapes reuse it; iterations run in chunks of a ``lax.scan`` with the
 progress bar and a finiteness check between chunks; the particle axis is sharded over
 devices when there are several.
@@ -110,7 +111,7 @@ def run_particle_engine(
     passed as arrays so that new values do not recompile.
     """
     from ppl.inference.vi.flow import NonFiniteError
-    from ppl.inference.vi.flows import laplace_approximation
+    from ppl.inference.vi.flows import laplace_approximation, prior_whitening
 
     if not isinstance(model, AbstractModel):
         raise TypeError(f"Expected a ppl Model, got {type(model).__name__}.")
@@ -125,9 +126,14 @@ def run_particle_engine(
     start_time = time.perf_counter()
     lap_key, init_key, run_key = jax.random.split(key, 3)
     dim = model.dim
+    whitening = "none"
     if whiten:
         laplace = laplace_approximation(lap_key, model)
-        loc, scale = laplace.mode, laplace.scale
+        loc, scale, whitening = laplace.mode, laplace.scale, "laplace"
+        if not laplace.is_trustworthy():  # no proper mode (a funnel): prior scale instead
+            prior = prior_whitening(jax.random.fold_in(lap_key, 1), model)
+            if prior is not None:
+                (loc, scale), whitening = prior, "prior"
     else:
         loc, scale = jnp.zeros(dim), jnp.eye(dim)
     inverse = jnp.linalg.inv(scale)
@@ -177,7 +183,7 @@ def run_particle_engine(
     meta = {
         "engine": engine,
         "settings": {"num_particles": num_particles, "num_iterations": num_iterations,
-                     "whiten": whiten, "init": init,
+                     "whiten": whiten, "whitening": whitening, "init": init,
                      **{k: np.asarray(v).tolist() for k, v in algorithm_settings.items()}},
         "wall_time": time.perf_counter() - start_time,
         "num_gradient_evals": num_particles * num_iterations,

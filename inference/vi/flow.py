@@ -8,7 +8,12 @@ Maths. For a flow ``q_lambda`` on the unconstrained space, maximise
 with the reparameterisation gradient (Kingma & Welling 2014; Rezende & Mohamed 2015), or
 its stick-the-landing variant, which drops the score term ``grad_lambda log q_lambda(z)`` at
 fixed ``z`` (Roeder, Wu & Duvenaud 2017). The flow lives in whitened coordinates ``u`` with
-``z = m + W u`` from a Laplace approximation (see :mod:`ppl.inference.vi.flows`). After
+``z = m + W u`` (see :mod:`ppl.inference.vi.flows`): by default from a Laplace approximation
+at the mode. Where the mode search fails (a density with no proper mode, such as Neal's
+funnel or a centred hierarchical model, where it runs off towards a zero scale and the
+curvature is clipped), the candidates Laplace and robust prior-scale whitening are each
+trained for one chunk, and the one with the higher pilot ELBO (a fair comparison: the ELBO
+does not depend on the coordinates) continues. After
 fitting, ``S`` draws with log weights ``log w = log p(z) - log q(z)`` give the PSIS k-hat
 (Yao et al. 2018), the importance-sampling ESS and ``log Z ~ log mean w``.
 
@@ -201,12 +206,15 @@ class FlowVIResult:
         flow: the fitted ``q(z)`` on the unconstrained space (a flowjax distribution:
             ``flow.sample(key, (n,))``, ``flow.log_prob(z)``).
         elbo_trace: the ELBO estimate at every step.
-        laplace: the Laplace approximation used for whitening.
+        laplace: the Laplace approximation (None when not computed).
         flow_settings: what :func:`~ppl.inference.vi.flows.make_flow` was given.
         settings: the training settings.
         converged: whether the convergence check stopped training early.
         wall_time: seconds spent in :func:`fit`.
-        num_gradient_evals: log-density gradients evaluated (Laplace Hessian excluded).
+        num_gradient_evals: log-density gradients evaluated (Laplace Hessian excluded,
+            losing pilot fits included).
+        whitening: the whitening used: ``"laplace"``, ``"prior"`` or ``"none"``.
+        pilot_elbos: the pilot ELBO of each candidate whitening, when there was a choice.
     """
 
     flow: Any
@@ -217,6 +225,8 @@ class FlowVIResult:
     converged: bool
     wall_time: float
     num_gradient_evals: int
+    whitening: str = "laplace"
+    pilot_elbos: dict = dataclasses.field(default_factory=dict)
 
     def sample(self, key, num_draws: int) -> jax.Array:
         """``(num_draws, dim)`` unconstrained draws from ``q``."""
@@ -277,11 +287,11 @@ def fit(
     num_layers: int = 4,
     width: int = 32,
     depth: int = 1,
-    num_steps: int = 2000,
+    num_steps: int = 4000,
     num_samples: int = 16,
-    learning_rate: float = 3e-3,
+    learning_rate: float = 1e-2,
     stick_the_landing: bool = False,
-    whiten: bool = True,
+    whiten: bool | str = "auto",
     convergence_tol: float | None = 0.01,
     chunk_size: int = 200,
     progress_bar: bool | None = None,
@@ -297,9 +307,18 @@ def fit(
         num_samples: Monte Carlo draws per ELBO estimate.
         learning_rate: peak Adam learning rate (warm-up then cosine decay).
         stick_the_landing: use the stick-the-landing gradient (needs the flow's inverse).
-        whiten: fit in coordinates whitened by a Laplace approximation (default True).
+        whiten: the coordinates the flow is fitted in, ``z = m + W u``: ``"auto"``
+            (default; True means the same) uses the Laplace approximation when the mode
+            search succeeds (finite, positive, unclipped curvature and a vanishing gradient
+            at the mode, :meth:`~ppl.inference.vi.flows.Laplace.is_trustworthy`), and
+            otherwise picks between Laplace and prior-scale whitening
+            (:func:`~ppl.inference.vi.flows.prior_whitening`) by the ELBO of a one-chunk
+            pilot fit of each; ``"laplace"`` or ``"prior"`` forces one; ``"none"`` (or
+            False) fits on the unconstrained scale as it is.
         convergence_tol: stop when the chunk-mean ELBO improved by less than this for two
-            consecutive chunks (after half of ``num_steps``); None never stops early.
+            consecutive chunks (after half of ``num_steps``), after one last chunk on the
+            learning-rate schedule's tail (its last ``chunk_size`` steps);
+            None never stops early.
         chunk_size: steps per compiled chunk (progress and convergence checks between).
         progress_bar: show a progress bar (default: when stderr is a terminal).
 
@@ -322,6 +341,10 @@ def fit(
     if stick_the_landing and flow == "planar":
         raise ValueError("Expected stick_the_landing=False with flow='planar' (the tanh planar "
                          "flow has no inverse), got True.")
+    whiten = {True: "auto", False: "none"}.get(whiten, whiten) if isinstance(whiten, bool) \
+        else whiten
+    if whiten not in WHITENINGS:
+        raise ValueError(f"Expected whiten in {WHITENINGS} (or a bool), got {whiten!r}.")
     start_time = time.perf_counter()
     lap_key, flow_key, train_key = jax.random.split(key, 3)
     dim = model.dim
@@ -329,43 +352,45 @@ def fit(
                      "width": int(width), "depth": int(depth)}
     base_flow = _flows.make_flow(flow_key, dim, kind=flow, num_layers=int(num_layers),
                                  width=int(width), depth=int(depth))
-    if whiten:
-        laplace = _flows.laplace_approximation(lap_key, model)
-        loc, scale = laplace.mode, laplace.scale
-    else:
-        laplace = None
-        loc, scale = jnp.zeros(dim), jnp.eye(dim)
-    value = float(_flows._batch_log_density(model, loc[None])[0])
-    if not np.isfinite(value):
-        raise ValueError(f"Expected a finite log-density and gradient at the starting point, "
-                         f"got log-density {value} or a non-finite gradient there.")
-    q = _flows.whitened_flow(base_flow, _flows.Whiten(loc, scale))
+    laplace, candidates = _whitening_candidates(lap_key, model, whiten)
     settings = _Settings(num_steps, num_samples, float(learning_rate), bool(stick_the_landing),
                          chunk_size)
-    state = _init_state(q, settings)
-    _, static = _partition(q)
-    trace, chunk_means, converged = [], [], False
     num_chunks = -(-num_steps // chunk_size)
     show = ProgressBar.wanted(progress_bar)
+    trace, chunk_means, converged, pilot_elbos, num_pilot_steps = [], [], False, {}, 0
     with ProgressBar(num_chunks * chunk_size if show else 0, desc="flow VI") as bar:
-        for chunk in range(num_chunks):
+        # Chunk 0: a pilot fit of every candidate whitening; the best one carries on.
+        key_chunk = jax.random.fold_in(train_key, 0)
+        best = None
+        for name, (loc, scale) in candidates.items():
+            q = _flows.whitened_flow(base_flow, _flows.Whiten(loc, scale))
+            state = _init_state(q, settings)
+            new_state, info = _train_chunk(q, state, model, key_chunk, settings)
+            error = _non_finite_error(info, new_state, q, 0, chunk_size)
+            num_pilot_steps += chunk_size
+            if len(candidates) == 1 and error is not None:
+                raise error
+            elbos = np.asarray(info.elbo)
+            score = -np.inf if error is not None else float(np.mean(elbos[len(elbos) // 2:]))
+            pilot_elbos[name] = score
+            if best is None or score > best[0]:
+                best = (score, name, q, new_state, elbos, error)
+        score, whitening, q, state, elbos, error = best
+        if error is not None:  # every candidate failed
+            raise error
+        num_pilot_steps -= chunk_size  # the winner's pilot is its first chunk
+        _, static = _partition(q)
+        trace.append(elbos)
+        chunk_means.append(float(elbos.mean()))
+        bar.update_to(chunk_size)
+        for chunk in range(1, num_chunks):
             key_chunk = jax.random.fold_in(train_key, chunk)
             new_state, info = _train_chunk(q, state, model, key_chunk, settings)
-            finite = np.asarray(info.is_finite)
-            elbos = np.asarray(info.elbo)
-            if not finite.all():
-                first = int(np.argmin(finite))
-                bad_step = chunk * chunk_size + first
-                what = "ELBO" if not np.isfinite(elbos[first]) else "ELBO gradient"
-                good_flow = eqx.combine(new_state.params, static)
-                raise NonFiniteError(
-                    f"The {what} became non-finite at step {bad_step} (ELBO {elbos[first]}); "
-                    f"training stopped. The last good state (step {bad_step}) is on this "
-                    "error's .state/.flow. Check the model's log-density for NaN/inf in the "
-                    "region the flow explores, or lower learning_rate.",
-                    step=bad_step, state=new_state, flow=good_flow,
-                )
+            error = _non_finite_error(info, new_state, q, chunk, chunk_size)
+            if error is not None:
+                raise error
             state = new_state
+            elbos = np.asarray(info.elbo)
             trace.append(elbos)
             chunk_means.append(float(elbos.mean()))
             bar.update_to((chunk + 1) * chunk_size)
@@ -374,6 +399,18 @@ def fit(
                     and chunk_means[-1] - chunk_means[-2] < convergence_tol
                     and chunk_means[-2] - chunk_means[-3] < convergence_tol):
                 converged = True
+                if chunk + 1 < num_chunks:
+                    # Polish: one last chunk on the schedule's low-learning-rate tail, so
+                    # that stopping early does not leave the noise of a large step.
+                    state = state._replace(opt_state=_skip_schedule_to(
+                        state.opt_state, (num_chunks - 1) * chunk_size))
+                    key_chunk = jax.random.fold_in(train_key, num_chunks)
+                    new_state, info = _train_chunk(q, state, model, key_chunk, settings)
+                    error = _non_finite_error(info, new_state, q, chunk + 1, chunk_size)
+                    if error is not None:
+                        raise error
+                    state = new_state
+                    trace.append(np.asarray(info.elbo))
                 break
     fitted = eqx.combine(state.params, static)
     elbo_trace = np.concatenate(trace)
@@ -382,7 +419,72 @@ def fit(
         settings={**settings._asdict(), "flow": flow, "whiten": whiten,
                   "convergence_tol": convergence_tol},
         converged=converged, wall_time=time.perf_counter() - start_time,
-        num_gradient_evals=int(elbo_trace.size * num_samples),
+        num_gradient_evals=int((elbo_trace.size + num_pilot_steps) * num_samples),
+        whitening=whitening, pilot_elbos=pilot_elbos if len(candidates) > 1 else {},
+    )
+
+
+WHITENINGS = ("auto", "laplace", "prior", "none")
+
+
+def _skip_schedule_to(opt_state, count):
+    """``opt_state`` with its learning-rate schedule's step counter set to ``count``."""
+    def skip(leaf):
+        if isinstance(leaf, optax.ScaleByScheduleState):
+            return leaf._replace(count=jnp.asarray(count, leaf.count.dtype))
+        return leaf
+
+    return jax.tree.map(skip, opt_state,
+                        is_leaf=lambda leaf: isinstance(leaf, optax.ScaleByScheduleState))
+
+
+def _whitening_candidates(key, model, whiten: str):
+    """The Laplace approximation (or None) and ``{name: (loc, scale)}`` to try."""
+    dim = model.dim
+    laplace_key, prior_key = jax.random.split(key)
+    laplace, candidates = None, {}
+    if whiten in ("auto", "laplace"):
+        laplace = _flows.laplace_approximation(laplace_key, model)
+        if whiten == "laplace" or laplace.is_trustworthy():
+            candidates["laplace"] = (laplace.mode, laplace.scale)
+        else:
+            if np.all(np.isfinite(np.asarray(laplace.scale))):
+                candidates["laplace"] = (laplace.mode, laplace.scale)
+            prior = _flows.prior_whitening(prior_key, model)
+            if prior is not None:
+                candidates["prior"] = prior
+    elif whiten == "prior":
+        prior = _flows.prior_whitening(prior_key, model)
+        if prior is None:
+            raise ValueError("Expected a model with a proper prior sampler for whiten='prior', "
+                             "got one whose sample_prior fails or is not finite.")
+        candidates["prior"] = prior
+    if not candidates:
+        candidates["none"] = (jnp.zeros(dim), jnp.eye(dim))
+    values = {name: float(_flows._batch_log_density(model, loc[None])[0])
+              for name, (loc, _) in candidates.items()}
+    finite = {name: c for name, c in candidates.items() if np.isfinite(values[name])}
+    if not finite:
+        raise ValueError(f"Expected a finite log-density and gradient at the starting point, "
+                         f"got log-density {values} or a non-finite gradient there.")
+    return laplace, finite
+
+
+def _non_finite_error(info, new_state, q, chunk, chunk_size):
+    finite = np.asarray(info.is_finite)
+    if finite.all():
+        return None
+    elbos = np.asarray(info.elbo)
+    first = int(np.argmin(finite))
+    bad_step = chunk * chunk_size + first
+    what = "ELBO" if not np.isfinite(elbos[first]) else "ELBO gradient"
+    _, static = _partition(q)
+    return NonFiniteError(
+        f"The {what} became non-finite at step {bad_step} (ELBO {elbos[first]}); training "
+        f"stopped. The last good state (step {bad_step}) is on this error's .state/.flow. "
+        "Check the model's log-density for NaN/inf in the region the flow explores, or "
+        "lower learning_rate.",
+        step=bad_step, state=new_state, flow=eqx.combine(new_state.params, static),
     )
 
 
@@ -416,6 +518,8 @@ def _to_posterior(result: FlowVIResult, key, model, num_draws, importance_resamp
         "is_ess": diag.ess,
         "elbo": diag.elbo,
         "converged": result.converged,
+        "whitening": result.whitening,
+        "pilot_elbos": result.pilot_elbos,
         "warnings": messages,
     }
     return Posterior(

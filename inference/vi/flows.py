@@ -36,7 +36,7 @@ from flowjax.flows import (
 from jaxtyping import Array, Float
 
 __all__ = ["FLOW_KINDS", "make_flow", "Whiten", "Laplace", "laplace_approximation",
-           "whitened_flow"]
+           "prior_whitening", "whitened_flow"]
 
 FLOW_KINDS = ("maf", "spline", "bnaf", "planar")
 
@@ -149,12 +149,35 @@ class Laplace(NamedTuple):
         scale: a square root of the covariance, ``scale @ scale.T = cov``.
         log_density: the log-density at ``mode``.
         num_clipped: eigenvalues of ``-H`` that were not positive (replaced by 1).
+        num_capped: positive eigenvalues of ``-H`` outside ``[min_precision,
+            max_precision]`` (clipped to it): a curvature the search could not resolve.
+        whitened_grad_norm: ``|W^T grad log p(mode)|``, the gradient at the mode in
+            whitened units (about 0 at a true mode; large when the search ran off).
     """
 
     mode: Float[Array, " dim"]
     scale: Float[Array, "dim dim"]
     log_density: Float[Array, ""]
     num_clipped: Array
+    num_capped: Array = jnp.zeros((), jnp.int32)
+    whitened_grad_norm: Array = jnp.zeros(())
+
+    def is_trustworthy(self, grad_tol: float = 0.1) -> bool:
+        """Whether this approximation can whiten the posterior.
+
+        False when the mode search failed or found no proper mode: a non-finite mode or
+        scale, curvature that is non-positive or clipped (an unbounded density such as
+        Neal's funnel or a centred hierarchical model, whose "mode" lies at a scale
+        parameter of zero), or a gradient at the mode above ``grad_tol`` in whitened units.
+        """
+        return bool(
+            np.all(np.isfinite(np.asarray(self.mode)))
+            and np.all(np.isfinite(np.asarray(self.scale)))
+            and np.isfinite(float(self.log_density))
+            and int(self.num_clipped) == 0
+            and int(self.num_capped) == 0
+            and float(self.whitened_grad_norm) < grad_tol
+        )
 
 
 @eqx.filter_jit
@@ -188,15 +211,20 @@ def _optimise_mode(model, start, num_steps: int):
 
 @eqx.filter_jit
 def _laplace_at(model, mode, min_precision, max_precision):
+    value, grad = jax.value_and_grad(model.log_density)(mode)
     hessian = jax.hessian(model.log_density)(mode)
     precision = -0.5 * (hessian + hessian.T)
+    precision = jnp.where(jnp.all(jnp.isfinite(precision)), precision, jnp.nan)
     eigenvalues, vectors = jnp.linalg.eigh(precision)
     bad = ~(jnp.isfinite(eigenvalues) & (eigenvalues > 0))
     eigenvalues = jnp.where(bad, 1.0, eigenvalues)
+    capped = (eigenvalues < min_precision) | (eigenvalues > max_precision)
     eigenvalues = jnp.clip(eigenvalues, min_precision, max_precision)
     vectors = jnp.where(jnp.all(jnp.isfinite(vectors)), vectors, jnp.eye(mode.shape[0]))
     scale = vectors * eigenvalues[None, :] ** -0.5
-    return scale, model.log_density(mode), jnp.sum(bad)
+    grad_norm = jnp.linalg.norm(scale.T @ grad)
+    grad_norm = jnp.where(jnp.isfinite(grad_norm), grad_norm, jnp.inf)
+    return scale, value, jnp.sum(bad), jnp.sum(capped & ~bad), grad_norm
 
 
 def laplace_approximation(
@@ -212,14 +240,15 @@ def laplace_approximation(
     """Find the mode of ``model.log_density`` (L-BFGS, optax) and the Hessian there.
 
     Starting points: the best of ``num_starts`` prior draws (or ``model.init_position``
-    draws when the model has no prior sampler), unless ``initial_position`` is given.
+    draws when the model has no prior sampler or an improper prior), unless
+    ``initial_position`` is given.
     Non-positive or non-finite curvature directions get unit precision; the others are
     clipped to ``[min_precision, max_precision]`` so that ``W`` stays finite.
     """
     if initial_position is None:
         try:
             candidates = model.sample_prior(key, num_starts)
-        except NotImplementedError:
+        except (NotImplementedError, ValueError):  # no sampler, or an improper prior
             candidates = jax.vmap(model.init_position)(jax.random.split(key, num_starts))
         values = np.asarray(_batch_log_density(model, candidates))
         if not np.isfinite(values).any():
@@ -238,8 +267,37 @@ def laplace_approximation(
                 f"Expected initial_position of shape ({model.dim},), got {start.shape}."
             )
     mode = _optimise_mode(model, start, int(num_steps))
-    scale, value, clipped = _laplace_at(model, mode, min_precision, max_precision)
-    return Laplace(mode, scale, value, clipped)
+    scale, value, clipped, capped, grad_norm = _laplace_at(model, mode, min_precision,
+                                                           max_precision)
+    return Laplace(mode, scale, value, clipped, capped, grad_norm)
+
+
+def prior_whitening(key, model, *, num_draws: int = 1000):
+    """Robust prior-scale whitening: ``(loc, scale)`` from ``model.sample_prior`` draws.
+
+    ``loc`` is the coordinate-wise median of ``num_draws`` unconstrained prior draws and
+    ``scale`` the diagonal matrix of their interquartile ranges divided by 1.349 (the sd
+    for a normal; robust where the prior has heavy tails, e.g. the log of a half-Cauchy
+    scale). The fallback when a posterior has no proper mode (Neal's funnel, centred
+    hierarchical models): there the posterior's scale is of the order of the prior's.
+
+    Returns:
+        ``(loc, scale)``, or None when the model has no prior sampler or its draws are not
+        finite.
+    """
+    try:
+        draws = np.asarray(model.sample_prior(key, int(num_draws)), dtype=np.float64)
+    except (NotImplementedError, ValueError):  # no sampler, or an improper prior
+        return None
+    draws = draws[np.all(np.isfinite(draws), axis=-1)]
+    if draws.shape[0] < 10:
+        return None
+    loc = np.median(draws, axis=0)
+    q25, q75 = np.percentile(draws, [25.0, 75.0], axis=0)
+    scale = (q75 - q25) / 1.349
+    scale = np.where(np.isfinite(scale) & (scale > 1e-6), scale, 1.0)
+    dtype = jnp.result_type(float)
+    return jnp.asarray(loc, dtype), jnp.asarray(np.diag(scale), dtype)
 
 
 @eqx.filter_jit

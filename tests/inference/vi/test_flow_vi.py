@@ -60,6 +60,11 @@ def test_linear_regression_moments_and_evidence(regression_fit):
     assert log_z - 0.05 < post.meta["elbo"] <= log_z + 0.02
     assert abs(post.log_evidence - log_z) < 0.02
     assert post.meta["khat"] < 0.5
+    # The posterior is Gaussian: the Laplace approximation is exact and trusted, no pilot.
+    assert result.laplace.is_trustworthy() and result.whitening == "laplace"
+    assert result.pilot_elbos == {}
+    scale = np.asarray(result.laplace.scale, np.float64)
+    np.testing.assert_allclose(scale @ scale.T, cov, rtol=1e-2, atol=1e-3 * cov.max())
     assert post.history["elbo"].shape == (result.elbo_trace.size,)
     assert np.mean(result.elbo_trace[-50:]) > np.mean(result.elbo_trace[:50])
 
@@ -114,12 +119,32 @@ def test_khat_flags_too_narrow_approximation():
     assert narrow.ess < 0.1 * n
 
 
+# One model structure (1-D, data-driven traps) and one flow architecture for the underfit,
+# NaN-gradient and non-finite-ELBO tests: one compilation serves all three.
+def _trap_logdensity(x, data):
+    value = -0.5 * jnp.sum(((x - data["loc"]) / data["scale"]) ** 2)
+    # Finite value but NaN gradient above nan_above (the jnp.where NaN trap) ...
+    value = value + jnp.where(x[0] > data["nan_above"], 0.0,
+                              0.0 * jnp.sqrt(data["nan_above"] - x[0]))
+    # ... and a log-density of -inf above inf_above.
+    return jnp.where(x[0] > data["inf_above"], -jnp.inf, value)
+
+
+def _trap_model(loc=0.0, scale=1.0, nan_above=1e30, inf_above=1e30):
+    data = {k: jnp.asarray(v, jnp.float32) for k, v in
+            dict(loc=loc, scale=scale, nan_above=nan_above, inf_above=inf_above).items()}
+    return ppl.from_logdensity(_trap_logdensity, jnp.zeros(1), data=data)
+
+
+TRAP_SETTINGS = dict(num_steps=400, num_layers=1, width=4, progress_bar=False)
+
+
 def test_khat_warning_on_underfit_flow():
-    # A badly fitted flow (2 steps, no whitening) on a shifted, narrow target must warn.
-    m = ppl.from_logdensity(lambda x: -0.5 * jnp.sum(((x - 3.0) / 0.2) ** 2), jnp.zeros(2))
+    # A flow that cannot reach the target (unwhitened, a narrow target 30 units away, Adam
+    # moving about learning_rate per step) must be flagged.
+    m = _trap_model(loc=30.0, scale=0.2)
     with pytest.warns(RuntimeWarning, match="k-hat"):
-        post = ppl.infer(m, "flow_vi", key=0, num_steps=2, whiten=False, num_layers=1,
-                         width=4, num_draws=500)
+        post = ppl.infer(m, "flow_vi", key=0, whiten=False, num_draws=500, **TRAP_SETTINGS)
     assert post.meta["khat"] > 0.7
 
 
@@ -133,14 +158,9 @@ def test_discrete_latent_is_refused():
 
 
 def test_nan_gradient_stops_with_step_and_last_good_state():
-    # Finite log-density, but its gradient is NaN for x > 2 (the jnp.where NaN trap).
-    def logdensity(x):
-        trap = jnp.where(x[0] > 2.0, 0.0, 0.0 * jnp.sqrt(2.0 - x[0]))
-        return -0.5 * jnp.sum(x**2) + trap
-
-    m = ppl.from_logdensity(logdensity, jnp.zeros(1))
+    m = _trap_model(nan_above=2.0)
     with pytest.raises(flow_vi.NonFiniteError, match="gradient became non-finite at step") as info:
-        flow_vi.fit(jax.random.key(0), m, num_steps=400, num_layers=1, width=4)
+        flow_vi.fit(jax.random.key(0), m, **TRAP_SETTINGS)
     assert isinstance(info.value, ValueError)
     assert 0 <= info.value.step < 400
     assert int(info.value.state.step) == info.value.step
@@ -148,12 +168,9 @@ def test_nan_gradient_stops_with_step_and_last_good_state():
 
 
 def test_non_finite_elbo_stops():
-    def logdensity(x):
-        return jnp.where(x[0] > 1.5, -jnp.inf, -0.5 * jnp.sum(x**2))
-
-    m = ppl.from_logdensity(logdensity, jnp.zeros(1))
+    m = _trap_model(inf_above=1.5)
     with pytest.raises(flow_vi.NonFiniteError, match="The ELBO became non-finite at step"):
-        flow_vi.fit(jax.random.key(0), m, num_steps=400, num_layers=1, width=4)
+        flow_vi.fit(jax.random.key(0), m, **TRAP_SETTINGS)
 
 
 def test_bad_settings():

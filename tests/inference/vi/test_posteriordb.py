@@ -1,66 +1,64 @@
-"""Flow VI with default settings on posteriordb dev posteriors.
+"""Flow VI with default settings on posteriordb dev posteriors (the zoo's programs).
 
-Subset (time budget): kidiq-kidscore_momiq (uncentred covariate, posterior sds from 0.06 to
-6 under a flat prior: the badly scaled case that defeats unwhitened flows) and
-eight_schools-eight_schools_noncentered (hierarchical, a heavy-tailed tau). Criterion:
-|mean - ref| < 0.2 ref-sd and sd within 20% for every flat parameter.
+Criterion (issue 5): |mean - ref| < 0.2 ref-sd and sd within 20% of the reference sd for
+every Stan flat parameter, with ``ppl.infer(model, "flow_vi", key=0)`` and no settings.
+The reference draws (10 chains x 1000) carry their own Monte Carlo error, about 0.01 sd for
+the mean: negligible against 0.2. Results for all nine dev posteriors are in
+bench/results/vi.md (``bench/vi.py --posteriordb``); this file tests the subset that fits
+its time budget:
+
+- kidiq-kidscore_momiq: an uncentred covariate, posterior sds 0.06 and 6 under a flat
+  (improper) prior: the badly scaled case that defeats unwhitened flows.
+- eight_schools-eight_schools_noncentered: hierarchical, a heavy-tailed tau.
+- arK-arK: an autoregression, correlated coefficients.
+
+Negative control: the same criterion rejects reference draws shifted by 0.3 sd or shrunk
+to 75% of their spread.
 """
 
-import json
-
-import jax.numpy as jnp
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
 import pytest
 
 import ppl
+from ppl import models
+from ppl.models.posteriordb import load_reference_flat, stan_flat_values
+
+TESTED = ["kidiq-kidscore_momiq", "eight_schools-eight_schools_noncentered", "arK-arK"]
 
 
-def kidiq(mom_iq, kid_score):
-    # Stan's flat prior on beta; ppl.from_numpyro cannot trace an ImproperUniform site, and
-    # a N(0, 1000) prior is flat at the posterior's scale (sds 6 and 0.06).
-    beta = numpyro.sample("beta", dist.Normal(0.0, 1000.0).expand([2]).to_event(1))
-    sigma = numpyro.sample("sigma", dist.HalfCauchy(2.5))
-    numpyro.sample("kid_score", dist.Normal(beta[0] + beta[1] * mom_iq, sigma), obs=kid_score)
+def criterion(draws, reference):
+    """``(|dmean| / ref sd, |sd ratio - 1|)`` per column; passes when < 0.2 both."""
+    ref_mean, ref_sd = reference.mean(0), reference.std(0)
+    return np.abs(draws.mean(0) - ref_mean) / ref_sd, np.abs(draws.std(0) / ref_sd - 1)
 
 
-def eight_schools_noncentered(sigma, y):
-    theta_trans = numpyro.sample("theta_trans", dist.Normal(0, 1).expand([8]).to_event(1))
-    mu = numpyro.sample("mu", dist.Normal(0, 5))
-    tau = numpyro.sample("tau", dist.HalfCauchy(5))
-    numpyro.deterministic("theta", theta_trans * tau + mu)
-    numpyro.sample("y", dist.Normal(theta_trans * tau + mu, sigma), obs=y)
+def passes(draws, reference):
+    z, r = criterion(draws, reference)
+    return bool(np.all(z < 0.2) and np.all(r < 0.2))
 
 
-def _flat(post, names):
-    out = []
-    for name in names:
-        site, _, index = name.partition("[")
-        x = post.flat(site)
-        out.append(x[:, int(index[:-1]) - 1] if index else x)
-    return np.stack(out, -1)
+def flat_draws(post, flat_names):
+    values = stan_flat_values(post.samples, flat_names)
+    return np.stack([np.asarray(values[n]).reshape(-1) for n in flat_names], -1)
 
 
-CASES = {
-    "kidiq-kidscore_momiq": (kidiq, lambda d: {"mom_iq": d["mom_iq"], "kid_score": d["kid_score"]}),
-    "eight_schools-eight_schools_noncentered": (
-        eight_schools_noncentered, lambda d: {"sigma": d["sigma"], "y": d["y"]}),
-}
-
-
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", TESTED)
 def test_flow_vi_defaults_match_reference(posteriordb_dir, name):
-    model_fn, make_data = CASES[name]
-    data = json.loads((posteriordb_dir / name / "data.json").read_text())
-    data = {k: jnp.asarray(np.asarray(v, np.float32)) for k, v in make_data(data).items()}
-    reference = np.load(posteriordb_dir / name / "reference_draws.npz")
-    names = [str(n) for n in reference["param_names"]]
-    ref = reference["draws"].reshape(-1, len(names))
-    post = ppl.infer(ppl.from_numpyro(model_fn, **data), "flow_vi", key=0, progress_bar=False)
-    draws = _flat(post, names)
-    ref_mean, ref_sd = ref.mean(0), ref.std(0)
-    z = np.abs(draws.mean(0) - ref_mean) / ref_sd
-    ratio = draws.std(0) / ref_sd
-    assert np.all(z < 0.2), dict(zip(names, z.round(3)))
-    assert np.all(np.abs(ratio - 1) < 0.2), dict(zip(names, ratio.round(3)))
+    model = models.get(f"posteriordb/{name}").build()
+    post = ppl.infer(model, "flow_vi", key=0, progress_bar=False)
+    flat_names, reference = load_reference_flat(name)
+    reference = reference.reshape(-1, len(flat_names))
+    draws = flat_draws(post, flat_names)
+    z, r = criterion(draws, reference)
+    assert np.all(z < 0.2), dict(zip(flat_names, z.round(3)))
+    assert np.all(r < 0.2), dict(zip(flat_names, r.round(3)))
+
+
+def test_criterion_rejects_biased_draws(posteriordb_dir):
+    flat_names, reference = load_reference_flat("kidiq-kidscore_momiq")
+    reference = reference.reshape(-1, len(flat_names))
+    first, second = reference[::2], reference[1::2]
+    assert passes(first, second)  # draws from the reference itself pass
+    sd = reference.std(0)
+    assert not passes(first + 0.3 * sd, second)
+    assert not passes(first.mean(0) + 0.75 * (first - first.mean(0)), second)
