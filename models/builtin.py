@@ -25,9 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from scipy import special, stats
-
 from ppl.models.zoo import ZooEntry, register
+from scipy import special, stats
 
 __all__ = [
     "conjugate_normal",
@@ -66,7 +65,9 @@ def _conjugate_normal_exact(data):
     # Evidence: y ~ N(m0 1, s^2 I + s0^2 1 1^T).
     cov = s**2 * np.eye(n) + s0**2 * np.ones((n, n))
     log_evidence = stats.multivariate_normal(np.full(n, m0), cov).logpdf(y)
-    return {"mean": {"mu": mean}, "sd": {"mu": precision**-0.5}, "log_evidence": float(log_evidence)}
+    return {
+        "mean": {"mu": mean}, "sd": {"mu": precision**-0.5}, "log_evidence": float(log_evidence),
+    }
 
 
 register(ZooEntry(
@@ -181,7 +182,10 @@ def _linear_regression_data():
 
 
 def _linear_regression_exact(data):
-    """Posterior N(m, S), S = (I/s0^2 + X^T X/s^2)^-1, m = S X^T y / s^2; y ~ N(0, s^2 I + s0^2 X X^T)."""
+    """Posterior N(m, S), S = (I/s0^2 + X^T X/s^2)^-1, m = S X^T y / s^2.
+
+    Evidence: y ~ N(0, s^2 I + s0^2 X X^T).
+    """
     x = np.asarray(data["x"], np.float64)
     y = np.asarray(data["y"], np.float64)
     s0 = float(data.get("prior_scale", 1.0))

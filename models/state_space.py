@@ -38,8 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-from jaxtyping import Array, Float, PRNGKeyArray
-
+from jaxtyping import Array, Float
 from ppl.models.zoo import ZooEntry, register
 
 __all__ = [

@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import cache, partial
 
 import equinox as eqx
 import numpy as np
-
-from ppl.data_paths import reference_data_dir
 from ppl.models.posteriordb import programs
 from ppl.models.zoo import ZooEntry, register
+
+from ppl.data_paths import reference_data_dir
 
 __all__ = [
     "POSTERIORS",
@@ -59,7 +59,7 @@ def _posterior_dir(name: str):
     return path
 
 
-@lru_cache(maxsize=None)
+@cache
 def _raw_data(name: str) -> dict:
     with open(_posterior_dir(name) / "data.json") as f:
         return json.load(f)
@@ -146,7 +146,8 @@ def latent_from_reference(name: str, values: dict, data: dict | None = None) -> 
         dtype = jnp.result_type(cov)
         jitter = 1e-10 if dtype == jnp.float64 else 1e-6 * alpha[:, None, None] ** 2
         chol = jnp.linalg.cholesky(cov + jitter * jnp.eye(x.shape[0], dtype=dtype))
-        f_tilde = jax.scipy.linalg.solve_triangular(chol, values["f"][..., None], lower=True)[..., 0]
+        f = values["f"][..., None]
+        f_tilde = jax.scipy.linalg.solve_triangular(chol, f, lower=True)[..., 0]
         return {"rho": rho, "alpha": alpha, "f_tilde": f_tilde}
     return dict(values)
 

@@ -120,7 +120,10 @@ def diamonds(N: int, K: int, X, Y=None, prior_only: int = 0):
 
 # -- eight_schools ------------------------------------------------------------------------------
 def eight_schools_centered(J: int, sigma, y=None):
-    """``theta_j ~ N(mu, tau)``, ``y_j ~ N(theta_j, sigma_j)``, ``mu ~ N(0, 5)``, ``tau ~ C+(0, 5)``."""
+    """Centred: ``theta_j ~ N(mu, tau)``, ``y_j ~ N(theta_j, sigma_j)``.
+
+    Priors ``mu ~ N(0, 5)``, ``tau ~ Cauchy(0, 5)`` on ``tau > 0``.
+    """
     tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
     mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
     theta = numpyro.sample("theta", dist.Normal(mu, tau).expand([J]).to_event(1))
@@ -197,7 +200,10 @@ def hmm_example(N: int, K: int, y):
     theta1 = numpyro.sample("theta1", dist.Dirichlet(jnp.ones(K)))
     theta2 = numpyro.sample("theta2", dist.Dirichlet(jnp.ones(K)))
     mu = numpyro.sample(
-        "mu", RestrictedPrior(dist.Normal(jnp.array([3.0, 10.0]), 1.0), constraints.positive_ordered_vector)
+        "mu",
+        RestrictedPrior(
+            dist.Normal(jnp.array([3.0, 10.0]), 1.0), constraints.positive_ordered_vector
+        ),
     )
     theta = numpyro.deterministic("theta", jnp.stack([theta1, theta2]))
     log_theta = jnp.log(theta)  # [j, k]: from state j to state k

@@ -15,12 +15,11 @@ from __future__ import annotations
 import warnings
 
 import jax
-import numpy as np
 import pytest
+from ppl.models.posteriordb import POSTERIORS, load_reference_flat, stan_flat_values
 
 import ppl
 from ppl import arviz_bridge, models
-from ppl.models.posteriordb import POSTERIORS, load_reference_flat, stan_flat_values
 
 BASE = {"num_chains": 4, "num_warmup": 500, "num_samples": 1000, "progress_bar": False}
 SETTINGS = {
@@ -65,7 +64,9 @@ def test_nuts_matches_reference(name, posteriordb_dir):
         sd_error = abs(draws.std(ddof=1) / ref_sd - 1.0)
         assert mcse < MAX_MCSE, f"{name} {flat_name}: MCSE {mcse:.3f} sd: run too short to test"
         if mean_error > MEAN_TOLERANCE or sd_error > SD_TOLERANCE:
-            failures.append(f"{flat_name}: mean off by {mean_error:.3f} sd, sd off by {sd_error:.1%}")
+            failures.append(
+                f"{flat_name}: mean off by {mean_error:.3f} sd, sd off by {sd_error:.1%}"
+            )
     assert not failures, f"{name} ({post.meta['wall_time']:.0f} s): " + "; ".join(failures)
 
 

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from numpyro import handlers
+from ppl.models.posteriordb import POSTERIORS, latent_from_reference, unconstrain
 
 from ppl import arviz_bridge, models
-from ppl.models.posteriordb import POSTERIORS, latent_from_reference, unconstrain
 
 # 9 posteriors x <= 26 coordinates: a two-sided normal quantile at 1e-5 keeps the suite's
 # false-alarm probability below about 2e-3.
