@@ -26,6 +26,10 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     """Turn on JAX's persistent compilation cache (returns the directory, or None if off)."""
     if os.environ.get("PPL_COMPILATION_CACHE", "1") == "0":
         return None
+    if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+        # Cache every program: the many small ones (a fraction of a second each) add up
+        # to seconds per process, and entries are a few kB (bench/results/nuts.md).
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return Path(os.environ["JAX_COMPILATION_CACHE_DIR"])
     directory = Path(path) if path is not None else cache_dir()
@@ -34,5 +38,4 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
     except OSError:
         return None  # a read-only home: run without the cache
     jax.config.update("jax_compilation_cache_dir", str(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return directory

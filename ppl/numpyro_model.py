@@ -256,6 +256,33 @@ def _as_data(value: Any) -> Any:
     return value
 
 
+def _abstract_trace(model_fn: Callable, args: tuple, kwargs: dict) -> dict:
+    """The model's trace under ``jax.eval_shape``: latent and derived values become
+    ``ShapeDtypeStruct``s, observed data stay concrete. Tracing eagerly would run the model
+    op by op, each op compiled on first use (21 small compilations for eight schools, paid in
+    every process even with a warm compilation cache; bench/results/nuts_findings.md).
+    """
+    box = {}
+
+    def run():
+        fn = handlers.substitute(handlers.seed(model_fn, rng_seed=0), substitute_fn=_improper_value)
+        trace = handlers.trace(fn).get_trace(*args, **kwargs)
+        for site in _observed_sites(trace):
+            site["log_prob_shape"] = tuple(jnp.shape(_site_log_prob(site)))
+        for site in _latent_sites(trace):
+            # Inside the trace: supports may depend on other (abstract) values.
+            shape = tuple(jnp.shape(site["value"]))
+            if not site["fn"].support.is_discrete:
+                site["unconstrained_shape"] = tuple(biject_to(site["fn"].support).inverse_shape(shape))
+        for site in trace.values():
+            if isinstance(site.get("value"), jax.core.Tracer):
+                site["value"] = jax.ShapeDtypeStruct(site["value"].shape, site["value"].dtype)
+        box["trace"] = trace
+
+    jax.eval_shape(run)
+    return box["trace"]
+
+
 def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
     """Build the Model view of a NumPyro model.
 
@@ -279,8 +306,7 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         raise TypeError(f"Expected a callable NumPyro model, got {type(model_fn).__name__}.")
     args = jax.tree_util.tree_map(_as_data, tuple(args))
     kwargs = jax.tree_util.tree_map(_as_data, dict(kwargs))
-    traced_fn = handlers.substitute(handlers.seed(model_fn, rng_seed=0), substitute_fn=_improper_value)
-    trace = handlers.trace(traced_fn).get_trace(*args, **kwargs)
+    trace = _abstract_trace(model_fn, args, kwargs)
 
     sites, offset = [], 0
     for site in _latent_sites(trace):
@@ -293,8 +319,8 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
                 "jax.nn.logsumexp and numpyro.factor), or, for a state-space model, use a "
                 "particle filter (ppl.inference.smc) or SMC with discrete moves."
             )
-        shape = tuple(jnp.shape(site["value"]))
-        unconstrained_shape = tuple(biject_to(support).inverse_shape(shape))
+        shape = tuple(site["value"].shape)
+        unconstrained_shape = site["unconstrained_shape"]
         size = int(np.prod(unconstrained_shape))
         sites.append(SiteInfo(name, shape, unconstrained_shape, offset, size))
         offset += size
@@ -302,9 +328,10 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         raise ValueError(f"Model '{model_fn.__name__}' has no latent sample sites to infer.")
     observed_names, observed_size = [], 0
     for site in _observed_sites(trace):
-        check_finite_data(site["name"], site["value"])
+        if not isinstance(site["value"], jax.ShapeDtypeStruct):  # data, not derived values
+            check_finite_data(site["name"], site["value"])
         observed_names.append(site["name"])
-        observed_size += int(np.prod(jnp.shape(_site_log_prob(site))))
+        observed_size += int(np.prod(site["log_prob_shape"]))
     deterministic = tuple(s["name"] for s in trace.values() if s["type"] == "deterministic")
     return NumPyroModel(
         model_fn=model_fn,

@@ -1,8 +1,10 @@
 """Progress bars for compiled loops that do not slow them down.
 
-A compiled loop calls :func:`progress_callback` with its step index; the host side
-advances the active bar only about a hundred times per run, so the device never waits on
-the host for long. Bars are off when stderr is not a terminal.
+Two ways to drive a bar: run the loop in ~100 compiled chunks and call
+:meth:`ProgressBar.update_to` between them (what NUTS does: a program with a host callback
+cannot be stored in JAX's persistent compilation cache), or call :func:`progress_callback`
+inside one compiled loop, which reports about a hundred times per run. Bars are off when
+stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ class ProgressBar:
             _ACTIVE.append(self)
         return self
 
-    def update_to(self, step: int) -> None:
+    def update_to(self, step: int, desc: str | None = None) -> None:
         if self._bar is not None:
+            if desc is not None and desc != self._bar.desc:
+                self._bar.set_description(desc, refresh=False)
             self._bar.update(max(0, min(step, self.total) - self._bar.n))
 
     def __exit__(self, *exc):

@@ -19,7 +19,7 @@ import numpy as np
 
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
-from ppl.progress import ProgressBar, progress_callback
+from ppl.progress import ProgressBar
 from ppl.inference.mcmc import kernels
 from ppl.inference.mcmc.adaptation import warmup_schedule, window_adaptation
 
@@ -37,7 +37,6 @@ class _Settings(NamedTuple):
     max_tree_depth: int
     num_integration_steps: int
     initial_step_size: float
-    progress: bool
 
 
 class _ChainState(NamedTuple):
@@ -49,10 +48,12 @@ class _ChainState(NamedTuple):
 
 
 @eqx.filter_jit
-def _evaluate_candidates(model, candidates):
+def _evaluate_candidates(model, key, num_candidates: int):
+    # One compiled call: drawing the candidates eagerly compiled each op separately.
+    candidates = jax.vmap(model.init_position)(jax.random.split(key, num_candidates))
     value, grad = jax.vmap(jax.value_and_grad(model.log_density))(candidates)
     ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad), axis=-1)
-    return value, ok
+    return candidates, value, ok
 
 
 def find_initial_positions(key, model: AbstractModel, num_chains: int, num_tries: int = 100):
@@ -61,9 +62,8 @@ def find_initial_positions(key, model: AbstractModel, num_chains: int, num_tries
     Draws ``num_tries`` candidates per chain from ``model.init_position`` and keeps the
     first valid one; raises a ``ValueError`` naming the problem if a chain has none.
     """
-    keys = jax.random.split(key, num_chains * num_tries)
-    candidates = jax.vmap(model.init_position)(keys)
-    value, ok = _evaluate_candidates(model, candidates)
+    candidates, value, ok = _evaluate_candidates(model, key, num_chains * num_tries)
+    candidates = np.asarray(candidates)
     ok = np.asarray(ok).reshape(num_chains, num_tries)
     if not ok.any():
         bad = np.asarray(value)[:5]
@@ -81,7 +81,7 @@ def find_initial_positions(key, model: AbstractModel, num_chains: int, num_tries
         flat_idx[missing] = pool[np.arange(missing.size) % pool.size]
     else:
         flat_idx = np.arange(num_chains) * num_tries + first
-    return candidates[flat_idx]
+    return jnp.asarray(candidates[flat_idx])
 
 
 # -- the compiled run -------------------------------------------------------------------------
@@ -130,8 +130,8 @@ def _info_stats(settings: _Settings, info, state, step_size) -> dict[str, jax.Ar
     return stats
 
 
-@eqx.filter_jit
-def _run(model, keys, positions, schedule, settings: _Settings):
+def _chain_functions(model, settings: _Settings):
+    """``init_chain(position)`` and ``chain_step(key, chain, i, is_slow, is_window_end)``."""
     init, kernel = _build_step(model, settings)
     adapt_init, adapt_update, adapt_final = window_adaptation(
         not settings.dense_mass, settings.target_accept
@@ -146,9 +146,8 @@ def _run(model, keys, positions, schedule, settings: _Settings):
     def chain_step(key, chain, i, is_slow, is_window_end):
         adapt = chain.adaptation_state
         state, info = kernel(key, chain.kernel_state, adapt.step_size, adapt.inverse_mass_matrix)
-        in_warmup = i < num_warmup
         new_adapt = jax.lax.cond(
-            in_warmup,
+            i < num_warmup,
             lambda a: adapt_update(a, is_slow, is_window_end, state.position, info.acceptance_rate),
             lambda a: a,
             adapt,
@@ -164,30 +163,79 @@ def _run(model, keys, positions, schedule, settings: _Settings):
         stats = _info_stats(settings, info, state, adapt.step_size)
         return _ChainState(state, new_adapt), (state.position, stats)
 
-    def scan_step(carry, xs):
+    return init_chain, chain_step
+
+
+@eqx.filter_jit
+def _init_chains(model, positions, settings: _Settings):
+    init_chain, _ = _chain_functions(model, settings)
+    return jax.vmap(init_chain)(positions)
+
+
+@eqx.filter_jit
+def _run_chunk(model, chains, key, xs, settings: _Settings):
+    """Advance all chains over one chunk of steps (warm-up and sampling alike).
+
+    ``xs = (step, is_slow, is_window_end, active)`` per step; inactive steps (padding of the
+    last chunk) leave the chains unchanged. The whole run is one chunk without a progress
+    bar; with one, ~100 chunks driven from Python. The compiled program has no host
+    callback, so JAX's persistent cache can store it either way.
+    """
+    _, chain_step = _chain_functions(model, settings)
+
+    def scan_step(carry, x):
         chains, key = carry
-        i, is_slow, is_window_end = xs
+        i, is_slow, is_window_end, active = x
         key, step_key = jax.random.split(key)
         chain_keys = jax.random.split(step_key, settings.num_chains)
-        chains, out = jax.vmap(chain_step, in_axes=(0, 0, None, None, None))(
-            chain_keys, chains, i, is_slow, is_window_end
-        )
-        if settings.progress:
-            progress_callback(i, total)
+
+        def advance(chains):
+            return jax.vmap(chain_step, in_axes=(0, 0, None, None, None))(
+                chain_keys, chains, i, is_slow, is_window_end
+            )
+
+        def skip(chains):
+            out = jax.eval_shape(advance, chains)[1]
+            return chains, jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+
+        chains, out = jax.lax.cond(active, advance, skip, chains)
         return (chains, key), out
 
-    chains = jax.vmap(init_chain)(positions)
-    total = num_warmup + settings.num_samples * settings.thinning
-    steps = jnp.arange(total)
-    (chains, _), (positions_out, stats) = jax.lax.scan(
-        scan_step, (chains, keys), (steps, *schedule)
-    )
+    (chains, key), out = jax.lax.scan(scan_step, (chains, key), xs)
+    return chains, key, out
+
+
+def _run(model, key, positions, schedule, settings: _Settings, progress: bool):
+    """Run warm-up and sampling; returns host arrays (draws, stats, gradient count) and the
+    final adaptation state."""
+    total = settings.num_warmup + settings.num_samples * settings.thinning
+    chunk = -(-total // 100) if progress else total
+    num_chunks = -(-total // chunk)
+    padded = num_chunks * chunk
+    steps = np.arange(padded)
+    is_slow = np.zeros(padded, np.int32)
+    is_end = np.zeros(padded, bool)
+    is_slow[: len(schedule[0])] = schedule[0]
+    is_end[: len(schedule[1])] = schedule[1]
+    active = steps < total
+    chains = _init_chains(model, positions, settings)
+    positions_out, stats_out = [], []
+    with ProgressBar(total if progress else 0, desc=f"{settings.algorithm.upper()} (compiling)") as bar:
+        for c in range(num_chunks):
+            part = slice(c * chunk, (c + 1) * chunk)
+            xs = tuple(jnp.asarray(a[part]) for a in (steps, is_slow, is_end, active))
+            chains, key, (pos, stats) = _run_chunk(model, chains, key, xs, settings)
+            positions_out.append(np.asarray(pos))
+            stats_out.append({k: np.asarray(v) for k, v in stats.items()})
+            bar.update_to(min((c + 1) * chunk, total), desc=settings.algorithm.upper())
+    positions_all = np.concatenate(positions_out)[:total]
+    stats_all = {k: np.concatenate([s[k] for s in stats_out])[:total] for k in stats_out[0]}
     # (step, chain, ...) -> (chain, step, ...), sampling phase only, thinned.
-    keep = slice(num_warmup, total, settings.thinning)
-    positions_out = jnp.swapaxes(positions_out[keep], 0, 1)
-    sample_stats = {k: jnp.swapaxes(v[keep], 0, 1) for k, v in stats.items()}
-    num_gradient_evals = jnp.sum(stats["n_steps"])
-    return positions_out, sample_stats, num_gradient_evals, chains.adaptation_state
+    keep = slice(settings.num_warmup, total, settings.thinning)
+    draws = np.swapaxes(positions_all[keep], 0, 1)
+    sample_stats = {k: np.swapaxes(v[keep], 0, 1) for k, v in stats_all.items()}
+    num_gradient_evals = int(np.sum(stats_all["n_steps"], dtype=np.int64))
+    return draws, sample_stats, num_gradient_evals, chains.adaptation_state
 
 
 @eqx.filter_jit
@@ -321,7 +369,7 @@ def sample(
     settings = _Settings(
         algorithm, num_chains, num_warmup, num_samples, thinning, float(target_accept),
         bool(dense_mass), int(max_tree_depth), int(num_integration_steps),
-        float(initial_step_size), progress,
+        float(initial_step_size),
     )
     start = time.perf_counter()
     init_key, run_key = jax.random.split(key)
@@ -337,19 +385,12 @@ def sample(
                 f"({model.dim},), got {positions.shape}."
             )
     positions = _shard_chains(positions)
-    is_slow, is_end = warmup_schedule(num_warmup)
-    total = num_warmup + num_samples * thinning
-    pad = total - num_warmup
-    schedule = (
-        jnp.asarray(np.concatenate([is_slow, np.zeros(pad, np.int32)])),
-        jnp.asarray(np.concatenate([is_end, np.zeros(pad, bool)])),
-    )
-    with ProgressBar(total if progress else 0, desc=algorithm.upper()):
-        z, stats, num_grads, adaptation = _run(model, run_key, positions, schedule, settings)
-        z = jax.block_until_ready(z)
+    schedule = warmup_schedule(num_warmup)
+    draws, stats, num_grads, adaptation = _run(model, run_key, positions, schedule, settings,
+                                               progress)
+    z = jnp.asarray(draws)
     values = _constrain(model, z)
     samples = {k: np.asarray(v) for k, v in values.items()}
-    stats = {k: np.asarray(v) for k, v in stats.items()}
     pointwise = None
     obs_size = model.num_observations * num_chains * num_samples
     if log_likelihood or (log_likelihood is None and 0 < obs_size <= 5_000_000):
