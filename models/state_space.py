@@ -294,6 +294,7 @@ register(ZooEntry(
     "lgssm", lgssm, _lgssm_data,
     "Linear-Gaussian state-space model, d=2, p=1, T=100 (Kalman log-likelihood, exact smoother)",
     exact_fn=_lgssm_exact, tags=("closed_form", "state_space"),
+    state_space_fn=lgssm_state_space,
 ))
 
 
@@ -380,4 +381,5 @@ register(ZooEntry(
     "stochastic_volatility", stochastic_volatility, _sv_data,
     "Stochastic volatility, T=1000, static mu=-1.02, rho=0.9702, sigma=0.178 (no closed form)",
     tags=("state_space", "hard"),
+    state_space_fn=stochastic_volatility_state_space,
 ))

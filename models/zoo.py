@@ -87,4 +87,4 @@ def get(name: str) -> ZooEntry:
 
 def _load_builtins() -> None:
     # Importing the modules registers their entries.
-    from ppl.models import builtin  # noqa: F401
+    from ppl.models import builtin, posteriordb, state_space  # noqa: F401

@@ -81,7 +81,10 @@ def _cmd_run(args) -> int:
     import ppl
 
     model = resolve_model(args.model)
-    post = ppl.infer(model, args.method, key=jax.random.key(args.seed), **_settings(args.set))
+    settings = _settings(args.set)
+    if args.method == "particle_filter":
+        settings.update(_state_space_inputs(args.model))
+    post = ppl.infer(model, args.method, key=jax.random.key(args.seed), **settings)
     print(post)
     print(post.summary().to_string(max_rows=60))
     if post.log_evidence is not None:
@@ -92,6 +95,20 @@ def _cmd_run(args) -> int:
         post.save(out / "posterior.nc", overwrite=args.overwrite)
         print(f"saved {out / 'posterior.nc'}")
     return 0
+
+
+def _state_space_inputs(spec: str) -> dict:
+    """The state-space form and observations of a zoo model, for the particle filter."""
+    from ppl import models
+
+    entry = models.get(spec) if ":" not in spec else None
+    if entry is None or entry.state_space_fn is None:
+        state_space_models = ", ".join(models.names("state_space"))
+        raise SystemExit(
+            f"The particle filter needs a state-space model; {spec!r} has no state-space "
+            f"form. Zoo models that have one: {state_space_models}."
+        )
+    return {"state_space": entry.state_space_fn(), "observations": entry.data()["y"]}
 
 
 def _cmd_engines(args) -> int:

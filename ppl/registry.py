@@ -77,6 +77,11 @@ register_engine(
     "Adaptive tempered SMC with MCMC moves; log-evidence",
 )
 register_engine(
+    "particle_filter", "ppl.inference.smc.particle_filter:sample_particle_filter",
+    "Bootstrap particle filter for state-space models: smoothed trajectories, log-likelihood",
+    needs_gradients=False,
+)
+register_engine(
     "flow_vi", "ppl.inference.vi.flow:fit_flow_vi",
     "Normalizing-flow variational inference (flowjax) with PSIS diagnostics",
 )

@@ -47,3 +47,20 @@ def test_cli_rejects_bad_settings():
         cli.main(["run", "conjugate_normal", "--set", "num_samples"])
     with pytest.raises(ValueError, match="Unknown model"):
         cli.main(["run", "no_such_model"])
+
+
+def test_cli_runs_the_particle_filter_on_a_state_space_zoo_model(capsys):
+    code = cli.main(["run", "lgssm", "--method", "particle_filter",
+                     "--set", "num_particles=500", "num_trajectories=50"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "log evidence" in out
+    from ppl import models
+
+    exact = models.get("lgssm").exact()["log_evidence"]
+    reported = float(out.split("log evidence:")[1].split()[0])
+    # Wiring check only (unbiasedness is tested in tests/inference/smc): with 500 particles
+    # and T=100 the estimate's sd is a few tenths, so 3 is far outside chance.
+    assert abs(reported - exact) < 3.0
+    with pytest.raises(SystemExit, match="state-space"):
+        cli.main(["run", "conjugate_normal", "--method", "particle_filter"])

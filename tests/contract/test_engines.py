@@ -28,8 +28,14 @@ ENGINES = {
 }
 
 
+# Engines that need more than a Model, with where their contract is tested instead.
+EXEMPT = {
+    "particle_filter": "needs a state-space form; tests/inference/smc/test_particle_filter.py",
+}
+
+
 def test_every_registered_engine_is_under_contract():
-    assert set(ppl.available_engines()) == set(ENGINES)
+    assert set(ppl.available_engines()) == set(ENGINES) | set(EXEMPT)
 
 
 def gaussian_dict_model():
