@@ -1,0 +1,1 @@
+"""The reasoning testbed: arithmetic tasks, training script, oracle and learned PRMs."""
