@@ -1,39 +1,12 @@
 """Shared fixtures: tiny random Hugging Face checkpoints saved to a temporary directory."""
 
-import importlib
-import sys
-import types
-from pathlib import Path
-
 import pytest
-
-_ROOT = Path(__file__).resolve().parents[3]
-
-
-def _map_namespace():
-    """Maps ppl.models to models/ as pyproject's package-dir does, when ppl is not installed."""
-    try:
-        importlib.import_module("ppl.models.lm")
-        return
-    except ImportError:
-        pass
-    if str(_ROOT) not in sys.path:
-        sys.path.insert(0, str(_ROOT))
-    ppl = importlib.import_module("ppl")
-    if "ppl.models" not in sys.modules:
-        models = types.ModuleType("ppl.models")
-        models.__path__ = [str(_ROOT / "models")]
-        sys.modules["ppl.models"] = models
-        ppl.models = models
-
-
-_map_namespace()
 
 
 @pytest.fixture(scope="session")
 def gpt2_dir(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         vocab_size=61,
@@ -52,8 +25,8 @@ def gpt2_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def qwen2_dir(tmp_path_factory):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.manual_seed(1)
     config = transformers.Qwen2Config(
         vocab_size=67,
