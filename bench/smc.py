@@ -12,18 +12,18 @@ Run: ``python bench/smc.py [--quick]``; writes bench/results/smc.json and smc.md
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ppl.inference import smc
 from scipy import special, stats
 
 import ppl
-from ppl.inference import smc
 
 RESULTS = pathlib.Path(os.environ.get("SMC_BENCH_RESULTS", pathlib.Path(__file__).parent / "results"))
 MU, RHO, SIGMA = -1.02, 0.9702, 0.178

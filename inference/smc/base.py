@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
-
 from ppl.inference.smc.resampling import (
     effective_sample_size,
     get_resampler,

@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jaxtyping import PRNGKeyArray
-
 from ppl.inference.smc import base
 from ppl.inference.smc.particle_filter import ParticleFilterResult, StateSpaceModel, _filter
 

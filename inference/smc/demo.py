@@ -32,10 +32,10 @@ def demo_section(out_dir: pathlib.Path, *, quick: bool) -> list:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    import ppl
     from ppl.diagnostics.html import Section, figure_html, table_html
     from ppl.inference import smc
+
+    import ppl
 
     a, q, r, p0 = 0.9, 0.5, 1.0, 1.0
     num_steps = 50 if quick else 100

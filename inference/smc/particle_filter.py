@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
-
 from ppl.inference.smc import base
 from ppl.inference.smc.resampling import get_resampler, normalize_log_weights
 

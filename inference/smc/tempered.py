@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -53,10 +53,10 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.mcmc.random_walk import build_additive_step
 from blackjax.mcmc.random_walk import init as rw_init
-
 from ppl.inference.mcmc import kernels
 from ppl.inference.smc import base
 from ppl.inference.smc.resampling import get_resampler, normalize_log_weights
+
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar

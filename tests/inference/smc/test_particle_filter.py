@@ -10,9 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
-
 from ppl.inference import smc
+from scipy import stats
 
 ALPHA = 0.001
 Z_CRIT = stats.norm.ppf(1 - ALPHA / 2)

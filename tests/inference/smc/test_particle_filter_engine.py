@@ -9,11 +9,11 @@ same run on perturbed observations is the negative control.
 import jax
 import numpy as np
 import pytest
+from ppl.inference.smc import sample_particle_filter
+from ppl.models.state_space import lgssm_state_space
 from scipy import stats
 
 from ppl import models
-from ppl.inference.smc import sample_particle_filter
-from ppl.models.state_space import lgssm_state_space
 
 ALPHA = 0.001
 Z_CRIT = stats.norm.ppf(1 - ALPHA / 2)

@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
-
 from ppl.inference import smc
 from ppl.inference.smc import base, resampling
+from scipy import stats
 
 ALPHA = 0.001
 NUM_PARTICLES = 40

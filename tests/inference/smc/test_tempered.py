@@ -12,11 +12,11 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from ppl.inference.smc import tempered
 from scipy import special, stats
 
 import ppl
 from ppl import models
-from ppl.inference.smc import tempered
 
 ALPHA = 0.001
 Z_CRIT = stats.norm.ppf(1 - ALPHA / 2)
