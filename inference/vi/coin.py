@@ -17,7 +17,8 @@ the next position is the initial point plus the betting fraction times the wealt
     x_{t+1} = x_0 + theta_t / (L_t (G_t + L_t)) * (L_t + R_t).
 
 There is no learning rate: the first move is ``+-1/2`` per coordinate, so the particles
-live in coordinates whitened by a Laplace approximation (``z = m + W u``).
+live in coordinates whitened by a Laplace approximation (``z = m + W u``), or by robust
+prior moments where the mode search fails (a funnel; see ``flows.prior_whitening``).
 
 References:
     Sharrock & Nemeth (2023), Coin Sampling: Gradient-Based Bayesian Inference without

@@ -341,8 +341,8 @@ def fit(
     if stick_the_landing and flow == "planar":
         raise ValueError("Expected stick_the_landing=False with flow='planar' (the tanh planar "
                          "flow has no inverse), got True.")
-    whiten = {True: "auto", False: "none"}.get(whiten, whiten) if isinstance(whiten, bool) \
-        else whiten
+    if isinstance(whiten, bool):
+        whiten = "auto" if whiten else "none"
     if whiten not in WHITENINGS:
         raise ValueError(f"Expected whiten in {WHITENINGS} (or a bool), got {whiten!r}.")
     start_time = time.perf_counter()
