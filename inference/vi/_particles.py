@@ -111,7 +111,7 @@ def run_particle_engine(
     passed as arrays so that new values do not recompile.
     """
     from ppl.inference.vi.flow import NonFiniteError
-    from ppl.inference.vi.flows import laplace_approximation, prior_whitening
+    from ppl.inference.vi.flows import laplace_approximation, prior_whitening, sample_prior
 
     if not isinstance(model, AbstractModel):
         raise TypeError(f"Expected a ppl Model, got {type(model).__name__}.")
@@ -144,7 +144,7 @@ def run_particle_engine(
                              f"got {z0.shape}.")
         u0 = (z0 - loc) @ inverse.T
     elif init == "prior":
-        u0 = (model.sample_prior(init_key, num_particles) - loc) @ inverse.T
+        u0 = (sample_prior(model, init_key, num_particles) - loc) @ inverse.T
     elif whiten:
         u0 = jax.random.normal(init_key, (num_particles, dim))
     else:

@@ -227,6 +227,13 @@ def _laplace_at(model, mode, min_precision, max_precision):
     return scale, value, jnp.sum(bad), jnp.sum(capped & ~bad), grad_norm
 
 
+@eqx.filter_jit
+def sample_prior(model, key, num_samples: int):
+    """``model.sample_prior`` compiled with the model as an argument: called eagerly it would
+    trace the model's code on every call, and a new data set would retrace."""
+    return model.sample_prior(key, num_samples)
+
+
 def laplace_approximation(
     key,
     model,
@@ -247,7 +254,7 @@ def laplace_approximation(
     """
     if initial_position is None:
         try:
-            candidates = model.sample_prior(key, num_starts)
+            candidates = sample_prior(model, key, num_starts)
         except (NotImplementedError, ValueError):  # no sampler, or an improper prior
             candidates = jax.vmap(model.init_position)(jax.random.split(key, num_starts))
         values = np.asarray(_batch_log_density(model, candidates))
@@ -286,7 +293,7 @@ def prior_whitening(key, model, *, num_draws: int = 1000):
         finite.
     """
     try:
-        draws = np.asarray(model.sample_prior(key, int(num_draws)), dtype=np.float64)
+        draws = np.asarray(sample_prior(model, key, int(num_draws)), dtype=np.float64)
     except (NotImplementedError, ValueError):  # no sampler, or an improper prior
         return None
     draws = draws[np.all(np.isfinite(draws), axis=-1)]
