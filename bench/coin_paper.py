@@ -21,7 +21,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from ppl.inference.vi import coin, svgd
 
 RESULTS = pathlib.Path(__file__).parent / "results"

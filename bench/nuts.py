@@ -107,6 +107,7 @@ def make_data(name: str, quick: bool = False):
 def _ppl_runner(model_fn, data, cfg):
     import jax
     import numpy as np
+
     import ppl
 
     def call(seed):
@@ -128,9 +129,10 @@ def _ppl_runner(model_fn, data, cfg):
 
 def _ppl_patched_runner(model_fn, data, cfg):
     import jax
+    from ppl.inference.mcmc import sampler
+
     import ppl.arviz_bridge
     import ppl.numpyro_model
-    from ppl.inference.mcmc import sampler
 
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     for module, path in ((ppl.numpyro_model, "ppl/numpyro_model.py"),
@@ -200,7 +202,6 @@ def _blackjax_runner(model_fn, data, cfg):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from blackjax.adaptation.base import get_filter_adapt_info_fn
     from numpyro.infer.util import initialize_model
 
     def keep_num_steps(state, info, adaptation_state):

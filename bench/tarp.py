@@ -18,7 +18,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-
 from ppl.diagnostics.tarp import tarp
 
 

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
-
-import ppl
 from ppl.inference.vi import flow as flow_vi
 from ppl.inference.vi.psis import importance_diagnostics
+
+import ppl
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -74,8 +74,9 @@ def run_ppl_defaults(model):
 
 def run_posteriordb(name):
     """Flow VI with no settings on one posteriordb posterior, against its reference."""
-    from ppl import models
     from ppl.models.posteriordb import load_reference_flat, stan_flat_values
+
+    from ppl import models
 
     model = models.get(f"posteriordb/{name}").build()
     t = time.perf_counter()

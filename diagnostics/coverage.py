@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -34,10 +33,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from ppl.diagnostics.expected_coverage import ExpectedCoverage, expected_coverage
 from ppl.diagnostics.sbc import SBCResult, sbc_ranks, sbc_test, thin_draws
 from ppl.diagnostics.tarp import TARPResult, tarp
+
 from ppl.infer import as_key, infer
 from ppl.model import AbstractModel
 from ppl.progress import ProgressBar

@@ -49,9 +49,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     """Run the subcommand; returns 0 when every check passes, 1 otherwise."""
-    from ppl.cli import resolve_model
     from ppl.diagnostics.coverage import coverage
     from ppl.diagnostics.coverage_report import write_report
+
+    from ppl.cli import resolve_model
 
     model = resolve_model(args.model)
     result = coverage(

@@ -11,9 +11,10 @@ __all__ = ["demo_section"]
 
 def demo_section(out_dir: pathlib.Path, *, quick: bool) -> list[Section]:
     """Calibration of NUTS on ``conjugate_normal`` (checkpoints under ``out_dir``)."""
-    from ppl import models
     from ppl.diagnostics.coverage import coverage
     from ppl.diagnostics.coverage_report import report_sections
+
+    from ppl import models
 
     model = models.get("conjugate_normal").build()
     num_sims = 10 if quick else 60

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from ppl.diagnostics.coverage import CoverageRun
 from ppl.diagnostics.expected_coverage import plot_expected_coverage
 from ppl.diagnostics.html import Section, figure_html, render_page, table_html

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from ppl.diagnostics.html import Section, figure_html, render_page, table_html
 
 import ppl
 from ppl import arviz_bridge, models
 from ppl.data_paths import reference_data_dir
-from ppl.diagnostics.html import Section, figure_html, render_page, table_html
 
 __all__ = ["run_demo", "DEMO_MODELS", "ENGINE_SECTIONS"]
 

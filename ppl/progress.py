@@ -12,7 +12,6 @@ from __future__ import annotations
 import sys
 
 import jax
-import jax.numpy as jnp
 
 __all__ = ["ProgressBar", "progress_callback"]
 

@@ -1,6 +1,5 @@
 """The quickstart notebook runs (small settings), and the command line works end to end."""
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -16,12 +16,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ppl.inference.mcmc import kernels
+from ppl.inference.mcmc.adaptation import warmup_schedule, window_adaptation
 
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
-from ppl.inference.mcmc import kernels
-from ppl.inference.mcmc.adaptation import warmup_schedule, window_adaptation
 
 __all__ = ["sample", "sample_nuts", "sample_hmc", "find_initial_positions"]
 

@@ -36,7 +36,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
 from ppl.inference.vi import kernels
 from ppl.inference.vi._particles import ParticleAlgorithm, ParticleInfo, run_particle_engine
 

@@ -17,9 +17,9 @@ def demo_section(out_dir: pathlib.Path, *, quick: bool):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
+    from ppl.diagnostics.html import Section, figure_html, table_html
 
     import ppl
-    from ppl.diagnostics.html import Section, figure_html, table_html
 
     def banana(x):
         return -0.5 * x[0] ** 2 - 0.5 * ((x[1] - x[0] ** 2 + 1.0) / 0.5) ** 2

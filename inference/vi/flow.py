@@ -44,12 +44,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import paramax
+from ppl.inference.vi import flows as _flows
+from ppl.inference.vi.psis import KHAT_THRESHOLD, ImportanceDiagnostics, importance_diagnostics
 
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
-from ppl.inference.vi import flows as _flows
-from ppl.inference.vi.psis import KHAT_THRESHOLD, ImportanceDiagnostics, importance_diagnostics
 
 __all__ = ["FlowVIState", "FlowVIInfo", "FlowVIResult", "NonFiniteError", "elbo", "init",
            "build_step", "fit", "fit_flow_vi", "load_flow"]

@@ -17,9 +17,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-
-from ppl.inference.vi.coin import svgd_direction
 from ppl.inference.vi._particles import ParticleAlgorithm, ParticleInfo, run_particle_engine
+from ppl.inference.vi.coin import svgd_direction
 
 __all__ = ["SVGDState", "svgd", "sample_svgd"]
 

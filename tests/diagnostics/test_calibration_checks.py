@@ -10,7 +10,6 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-
 from ppl.diagnostics.expected_coverage import expected_coverage
 from ppl.diagnostics.sbc import sbc_ranks, sbc_test, thin_draws
 from ppl.diagnostics.tarp import tarp, tarp_credibility

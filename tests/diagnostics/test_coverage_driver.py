@@ -12,13 +12,13 @@ import types
 
 import numpy as np
 import pytest
+from ppl.diagnostics import coverage_cli
+from ppl.diagnostics.coverage import coverage
+from ppl.diagnostics.coverage_report import write_report
 
 import ppl
 from ppl import models
 from ppl.cli import resolve_model
-from ppl.diagnostics import coverage_cli
-from ppl.diagnostics.coverage import coverage
-from ppl.diagnostics.coverage_report import write_report
 
 ENTRY = models.get("conjugate_normal")
 CALLS = {"n": 0, "fail_at": None}

@@ -7,7 +7,6 @@ import jax
 import numpy as np
 import pytest
 import scipy.stats
-
 from ppl.diagnostics.two_sample import c2st, mmd
 
 TASKS = ["two_moons", "slcp", "sir", "gaussian_linear"]

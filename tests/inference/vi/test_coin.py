@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ppl.inference.vi import coin, svgd
 
 import ppl
-from ppl.inference.vi import coin, svgd
 
 
 def _gaussian(dim, seed=0):

@@ -6,10 +6,10 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
-
-import ppl
 from ppl.inference.vi import flow as flow_vi
 from ppl.inference.vi.psis import importance_diagnostics
+
+import ppl
 
 
 # -- a conjugate linear regression (known noise): exact posterior and evidence --------------

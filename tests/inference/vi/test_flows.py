@@ -6,7 +6,6 @@ import jax.numpy as jnp
 import numpy as np
 import paramax
 import pytest
-
 from ppl.inference.vi import flows
 
 

@@ -24,10 +24,10 @@ to 75% of their spread.
 
 import numpy as np
 import pytest
+from ppl.models.posteriordb import load_reference_flat, stan_flat_values
 
 import ppl
 from ppl import models
-from ppl.models.posteriordb import load_reference_flat, stan_flat_values
 
 TESTED = ["kidiq-kidscore_momiq", "eight_schools-eight_schools_noncentered", "arK-arK",
           "eight_schools-eight_schools_centered", "garch-garch11"]

@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ppl.inference.vi import flow as flow_vi
+from ppl.inference.vi import flows
 
 import ppl
 from ppl import models
-from ppl.inference.vi import flow as flow_vi
-from ppl.inference.vi import flows
 
 Z_999 = 3.29
 
