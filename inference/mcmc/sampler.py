@@ -102,6 +102,10 @@ def _build_step(model, settings: _Settings):
     else:
 
         def kernel(key, state, step_size, imm):
+            # A fixed path length can be near-periodic on Gaussian-like targets and then
+            # mixes badly; jittering the step size by +-20% breaks that (Neal 2011, 5.4.2.2).
+            jitter_key, key = jax.random.split(key)
+            step_size = step_size * jax.random.uniform(jitter_key, minval=0.8, maxval=1.2)
             algo = kernels.hmc(
                 model, step_size=step_size, inverse_mass_matrix=imm,
                 num_integration_steps=settings.num_integration_steps,
@@ -345,7 +349,8 @@ def sample(
         target_accept: dual-averaging target acceptance rate.
         dense_mass: adapt a dense (True) or diagonal (False) inverse mass matrix.
         max_tree_depth: NUTS's maximum number of doublings.
-        num_integration_steps: HMC's leapfrog steps per transition.
+        num_integration_steps: HMC's leapfrog steps per transition (the step size is jittered
+            by +-20% per transition so that fixed-length trajectories are not periodic).
         initial_step_size: where dual averaging starts.
         initial_position: optional ``(num_chains, dim)`` or ``(dim,)`` unconstrained start.
         progress_bar: show a progress bar (default: when stderr is a terminal).
