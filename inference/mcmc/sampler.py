@@ -22,6 +22,7 @@ from ppl.inference.mcmc.adaptation import warmup_schedule, window_adaptation
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
+from ppl.sharding import shard_leading_axis
 
 __all__ = ["sample", "sample_nuts", "sample_hmc", "find_initial_positions"]
 
@@ -255,12 +256,7 @@ def _pointwise(model, z):
 
 def _shard_chains(x):
     """Place the leading (chain) axis across devices when there are several."""
-    devices = jax.devices()
-    if len(devices) < 2 or x.shape[0] % len(devices):
-        return x
-    mesh = jax.sharding.Mesh(np.array(devices), ("chain",))
-    spec = jax.sharding.PartitionSpec("chain")
-    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+    return shard_leading_axis(x, "chain")
 
 
 def _check_model(model) -> None:

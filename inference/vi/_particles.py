@@ -22,6 +22,7 @@ import numpy as np
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
+from ppl.sharding import shard_leading_axis
 
 __all__ = ["ParticleAlgorithm", "ParticleInfo", "run_particle_engine", "shard_particles"]
 
@@ -47,12 +48,7 @@ class ParticleInfo(NamedTuple):
 
 def shard_particles(x):
     """Place the leading (particle) axis across devices when there are several."""
-    devices = jax.devices()
-    if len(devices) < 2 or x.shape[0] % len(devices):
-        return x
-    mesh = jax.sharding.Mesh(np.array(devices), ("particle",))
-    spec = jax.sharding.PartitionSpec("particle")
-    return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+    return shard_leading_axis(x, "particle")
 
 
 def _whitened_logdensity(model, loc, scale):
