@@ -435,7 +435,8 @@ def driver(args) -> None:
             "--num-warmup", str(args.num_warmup), "--num-samples", str(args.num_samples)]
     if args.quick:
         base.append("--quick")
-    base += ["--patch-dir", args.patch_dir]
+    if args.patch_dir:
+        base += ["--patch-dir", args.patch_dir]
     for model in [] if args.from_records else models:
         for rep, lib in _common.alternate(libs, args.repeats):
             cache = _common.new_cache_dir()
@@ -480,8 +481,8 @@ def main(argv=None) -> None:
                    help="smoke check: 1 repeat, 300+300 draws, eight schools only unless --models "
                    "(logistic regression then with N=2000)")
     p.add_argument("--libs", nargs="*", choices=LIBRARIES + EXPERIMENTS)
-    p.add_argument("--patch-dir", default="/tmp/nutsexp/new",
-                   help="patched ppl files for --libs ppl-patched (an experiment)")
+    p.add_argument("--patch-dir", default=None,
+                   help="a folder of patched ppl files, for --libs ppl-patched (an experiment)")
     p.add_argument("--models", nargs="*", choices=MODELS)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--num-chains", type=int, default=4)
