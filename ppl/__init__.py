@@ -13,7 +13,7 @@ from ppl.registry import available_engines, register_engine
 
 Model = AbstractModel
 
-_config.enable_compilation_cache()
+_config.enable_compilation_cache(only_if_requested=True)
 
 __all__ = [
     "AbstractModel",

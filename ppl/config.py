@@ -1,8 +1,12 @@
 """Process-wide settings ppl applies on import: JAX's persistent compilation cache.
 
-Compilation is what users wait for on a CPU, so ppl turns JAX's persistent cache on by
-default in a user cache directory. ``PPL_COMPILATION_CACHE=0`` turns it off;
-``PPL_CACHE_DIR`` moves it; an explicit ``JAX_COMPILATION_CACHE_DIR`` wins.
+Compilation is what users wait for on a CPU, and JAX's persistent cache removes most of it
+from a second process (bench/results/nuts_cpu_final.md). It is OFF by default for now: with
+jax 0.10.2 on CPU we saw a cached executable hang when loaded by a later process (a vmapped
+log-density gradient of the posteriordb gp_pois_regr model, which uses a Cholesky
+factorisation; reproducible, not yet reduced to a JAX bug report). ``PPL_COMPILATION_CACHE=1``
+turns it on in a user cache directory, ``PPL_CACHE_DIR`` moves it, and an explicit
+``JAX_COMPILATION_CACHE_DIR`` (read by JAX itself) always wins.
 """
 
 from __future__ import annotations
@@ -22,9 +26,15 @@ def cache_dir() -> Path:
     return Path(base) / "jax"
 
 
-def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
-    """Turn on JAX's persistent compilation cache (returns the directory, or None if off)."""
-    if os.environ.get("PPL_COMPILATION_CACHE", "1") == "0":
+def enable_compilation_cache(
+    path: str | os.PathLike | None = None, *, only_if_requested: bool = False
+) -> Path | None:
+    """Turn on JAX's persistent compilation cache (returns the directory, or None if off).
+
+    ``import ppl`` calls it with ``only_if_requested=True``: then it acts only when
+    ``PPL_COMPILATION_CACHE=1``. Calling it yourself turns the cache on.
+    """
+    if only_if_requested and os.environ.get("PPL_COMPILATION_CACHE", "0") != "1":
         return None
     if not os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
         # Cache every program: the many small ones (a fraction of a second each) add up
