@@ -2,9 +2,9 @@
 
 Compilation is what users wait for on a CPU, and JAX's persistent cache removes most of it
 from a second process (bench/results/nuts_cpu_final.md). It is OFF by default for now: with
-jax 0.10.2 on CPU we saw a cached executable hang when loaded by a later process (a vmapped
-log-density gradient of the posteriordb gp_pois_regr model, which uses a Cholesky
-factorisation; reproducible, not yet reduced to a JAX bug report). ``PPL_COMPILATION_CACHE=1``
+jax 0.10.2 on CPU a vmapped log-density gradient of the posteriordb gp_pois_regr model (a
+Cholesky factorisation inside) hung inside XLA, first when loaded from the cache by a later
+process and later also with the cache off; until that is understood the cache is opt-in. ``PPL_COMPILATION_CACHE=1``
 turns it on in a user cache directory, ``PPL_CACHE_DIR`` moves it, and an explicit
 ``JAX_COMPILATION_CACHE_DIR`` (read by JAX itself) always wins.
 """
