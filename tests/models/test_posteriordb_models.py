@@ -68,18 +68,7 @@ def _evaluate(name: str, model):
 CENTERED = "eight_schools-eight_schools_centered"
 
 
-# gp_pois_regr: evaluating this batch in one program has hung inside XLA on CPU (all threads
-# idle in BlockUntilReady), intermittently, in two full-suite runs; reported in the session
-# note and skipped here until it is reduced. NUTS on it is still tested against the reference
-# in tests/correctness/test_posteriordb_nuts.py.
-_HANGS = {"gp_pois_regr-gp_pois_regr"}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.skip(reason="XLA CPU hang under investigation (note)"))
-    if n in _HANGS else n
-    for n in sorted(POSTERIORS)
-])
+@pytest.mark.parametrize("name", sorted(POSTERIORS))
 def test_reference_draws_fit_the_program(name, posteriordb_dir):
     model = models.get(f"posteriordb/{name}").build()
     value, grad, shifted = _evaluate(name, model)
