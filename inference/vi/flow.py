@@ -83,8 +83,15 @@ class FlowVIInfo(NamedTuple):
     is_finite: jax.Array
 
 
+# A step whose ELBO or gradient is not finite is skipped (optax.apply_if_finite does the same):
+# a rare draw in a region where the log-density overflows (gp_pois_regr's exp(f) in float32)
+# should not end a fit. Training stops at the MAX_NON_FINITE_STEPS-th skipped step.
+MAX_NON_FINITE_STEPS = 10
+
+
 class NonFiniteError(ValueError):
-    """The ELBO or its gradient became NaN/inf; ``state``/``flow`` are the last good ones."""
+    """The ELBO or its gradient was NaN/inf at ``MAX_NON_FINITE_STEPS`` steps; ``state`` and
+    ``flow`` are the last good ones (skipped steps do not change them)."""
 
     def __init__(self, message, *, step, state=None, flow=None):
         super().__init__(message)
@@ -125,7 +132,7 @@ def build_step(model, static, optimizer, *, num_samples: int = 16,
     """``step(key, state) -> (state, info)``: one optimiser step on ``-ELBO``.
 
     A step whose ELBO or gradient is not finite leaves the state unchanged
-    (``info.is_finite`` is False); drivers stop there.
+    (``info.is_finite`` is False); :func:`fit` skips it, up to ``MAX_NON_FINITE_STEPS``.
     """
 
     def loss_fn(params, key):
@@ -169,21 +176,25 @@ def _init_state(flow, settings: _Settings):
 
 
 @eqx.filter_jit
-def _train_chunk(flow, state, model, key, settings: _Settings):
+def _train_chunk(flow, state, model, key, failures_left, settings: _Settings):
+    """``settings.chunk_size`` steps; non-finite steps are skipped until ``failures_left`` of
+    them have been, then the state freezes. Returns the state, the infos and which steps
+    were counted as skipped."""
     _, static = _partition(flow)
     step = build_step(model, static, _optimizer(settings), num_samples=settings.num_samples,
                       stick_the_landing=settings.stick_the_landing)
 
     def body(carry, key):
-        state, failed = carry
-        new, info = step(key, state)
-        bad = failed | ~info.is_finite
-        state = jax.tree.map(lambda a, b: jnp.where(bad, b, a), new, state)
-        return (state, bad), info
+        state, left = carry
+        frozen = left <= 0
+        new, info = step(key, state)  # a non-finite step returns ``state`` unchanged
+        state = jax.tree.map(lambda a, b: jnp.where(frozen, b, a), new, state)
+        skipped = ~info.is_finite & ~frozen
+        return (state, left - skipped.astype(left.dtype)), (info, skipped)
 
     keys = jax.random.split(key, settings.chunk_size)
-    (state, failed), info = jax.lax.scan(body, (state, jnp.asarray(False)), keys)
-    return state, info
+    (state, _), (info, skipped) = jax.lax.scan(body, (state, failures_left), keys)
+    return state, info, skipped
 
 
 @eqx.filter_jit
@@ -205,7 +216,7 @@ class FlowVIResult:
     Attributes:
         flow: the fitted ``q(z)`` on the unconstrained space (a flowjax distribution:
             ``flow.sample(key, (n,))``, ``flow.log_prob(z)``).
-        elbo_trace: the ELBO estimate at every step.
+        elbo_trace: the ELBO estimate at every step (NaN at skipped steps).
         laplace: the Laplace approximation (None when not computed).
         flow_settings: what :func:`~ppl.inference.vi.flows.make_flow` was given.
         settings: the training settings.
@@ -215,6 +226,8 @@ class FlowVIResult:
             losing pilot fits included).
         whitening: the whitening used: ``"laplace"``, ``"prior"`` or ``"none"``.
         pilot_elbos: the pilot ELBO of each candidate whitening, when there was a choice.
+        num_skipped_steps: steps skipped because their ELBO or gradient was not finite
+            (their ``elbo_trace`` entries are NaN).
     """
 
     flow: Any
@@ -227,6 +240,7 @@ class FlowVIResult:
     num_gradient_evals: int
     whitening: str = "laplace"
     pilot_elbos: dict = dataclasses.field(default_factory=dict)
+    num_skipped_steps: int = 0
 
     def sample(self, key, num_draws: int) -> jax.Array:
         """``(num_draws, dim)`` unconstrained draws from ``q``."""
@@ -358,41 +372,48 @@ def fit(
     num_chunks = -(-num_steps // chunk_size)
     show = ProgressBar.wanted(progress_bar)
     trace, chunk_means, converged, pilot_elbos, num_pilot_steps = [], [], False, {}, 0
+
+    def run_chunk(q, state, chunk, skipped_so_far):
+        """One compiled chunk; returns (state, ELBOs with NaN at skipped steps, skipped
+        count, NonFiniteError or None)."""
+        left = MAX_NON_FINITE_STEPS - skipped_so_far
+        key_chunk = jax.random.fold_in(train_key, chunk)
+        new_state, info, skipped = _train_chunk(q, state, model, key_chunk,
+                                                jnp.asarray(left, jnp.int32), settings)
+        skipped = np.asarray(skipped)
+        error = _non_finite_error(info, skipped, left, new_state, q, chunk, chunk_size)
+        elbos = np.where(skipped, np.nan, np.asarray(info.elbo))
+        return new_state, elbos, int(skipped.sum()), error
+
     with ProgressBar(num_chunks * chunk_size if show else 0, desc="flow VI") as bar:
         # Chunk 0: a pilot fit of every candidate whitening; the best one carries on.
-        key_chunk = jax.random.fold_in(train_key, 0)
         best = None
         for name, (loc, scale) in candidates.items():
             q = _flows.whitened_flow(base_flow, _flows.Whiten(loc, scale))
-            state = _init_state(q, settings)
-            new_state, info = _train_chunk(q, state, model, key_chunk, settings)
-            error = _non_finite_error(info, new_state, q, 0, chunk_size)
+            new_state, elbos, num_skipped, error = run_chunk(q, _init_state(q, settings), 0, 0)
             num_pilot_steps += chunk_size
             if len(candidates) == 1 and error is not None:
                 raise error
-            elbos = np.asarray(info.elbo)
-            score = -np.inf if error is not None else float(np.mean(elbos[len(elbos) // 2:]))
+            score = (-np.inf if error is not None
+                     else float(np.nanmean(elbos[len(elbos) // 2:])))
             pilot_elbos[name] = score
             if best is None or score > best[0]:
-                best = (score, name, q, new_state, elbos, error)
-        score, whitening, q, state, elbos, error = best
+                best = (score, name, q, new_state, elbos, num_skipped, error)
+        score, whitening, q, state, elbos, num_skipped, error = best
         if error is not None:  # every candidate failed
             raise error
         num_pilot_steps -= chunk_size  # the winner's pilot is its first chunk
         _, static = _partition(q)
         trace.append(elbos)
-        chunk_means.append(float(elbos.mean()))
+        chunk_means.append(float(np.nanmean(elbos)))
         bar.update_to(chunk_size)
         for chunk in range(1, num_chunks):
-            key_chunk = jax.random.fold_in(train_key, chunk)
-            new_state, info = _train_chunk(q, state, model, key_chunk, settings)
-            error = _non_finite_error(info, new_state, q, chunk, chunk_size)
+            state, elbos, skipped, error = run_chunk(q, state, chunk, num_skipped)
             if error is not None:
                 raise error
-            state = new_state
-            elbos = np.asarray(info.elbo)
+            num_skipped += skipped
             trace.append(elbos)
-            chunk_means.append(float(elbos.mean()))
+            chunk_means.append(float(np.nanmean(elbos)))
             bar.update_to((chunk + 1) * chunk_size)
             if (convergence_tol is not None and (chunk + 1) * chunk_size >= num_steps // 2
                     and len(chunk_means) >= 3
@@ -404,13 +425,12 @@ def fit(
                     # that stopping early does not leave the noise of a large step.
                     state = state._replace(opt_state=_skip_schedule_to(
                         state.opt_state, (num_chunks - 1) * chunk_size))
-                    key_chunk = jax.random.fold_in(train_key, num_chunks)
-                    new_state, info = _train_chunk(q, state, model, key_chunk, settings)
-                    error = _non_finite_error(info, new_state, q, chunk + 1, chunk_size)
+                    state, elbos, skipped, error = run_chunk(q, state, num_chunks,
+                                                             num_skipped)
                     if error is not None:
                         raise error
-                    state = new_state
-                    trace.append(np.asarray(info.elbo))
+                    num_skipped += skipped
+                    trace.append(elbos)
                 break
     fitted = eqx.combine(state.params, static)
     elbo_trace = np.concatenate(trace)
@@ -421,6 +441,7 @@ def fit(
         converged=converged, wall_time=time.perf_counter() - start_time,
         num_gradient_evals=int((elbo_trace.size + num_pilot_steps) * num_samples),
         whitening=whitening, pilot_elbos=pilot_elbos if len(candidates) > 1 else {},
+        num_skipped_steps=num_skipped,
     )
 
 
@@ -470,20 +491,22 @@ def _whitening_candidates(key, model, whiten: str):
     return laplace, finite
 
 
-def _non_finite_error(info, new_state, q, chunk, chunk_size):
-    finite = np.asarray(info.is_finite)
-    if finite.all():
+def _non_finite_error(info, skipped, left, new_state, q, chunk, chunk_size):
+    """The error to raise when this chunk skipped its ``left``-th non-finite step."""
+    where = np.flatnonzero(skipped)
+    if where.size < left:
         return None
-    elbos = np.asarray(info.elbo)
-    first = int(np.argmin(finite))
-    bad_step = chunk * chunk_size + first
-    what = "ELBO" if not np.isfinite(elbos[first]) else "ELBO gradient"
+    last = int(where[left - 1])
+    bad_step = chunk * chunk_size + last
+    elbo_value = np.asarray(info.elbo)[last]
+    what = "ELBO" if not np.isfinite(elbo_value) else "ELBO gradient"
     _, static = _partition(q)
     return NonFiniteError(
-        f"The {what} became non-finite at step {bad_step} (ELBO {elbos[first]}); training "
-        f"stopped. The last good state (step {bad_step}) is on this error's .state/.flow. "
-        "Check the model's log-density for NaN/inf in the region the flow explores, or "
-        "lower learning_rate.",
+        f"The {what} became non-finite at step {bad_step} (ELBO {elbo_value}), the "
+        f"{MAX_NON_FINITE_STEPS}th non-finite step of this fit; training stopped. Each was "
+        "skipped, so the last good state is on this error's .state/.flow. Check the "
+        "model's log-density for NaN/inf in the region the flow explores, or lower "
+        "learning_rate.",
         step=bad_step, state=new_state, flow=eqx.combine(new_state.params, static),
     )
 
@@ -518,6 +541,7 @@ def _to_posterior(result: FlowVIResult, key, model, num_draws, importance_resamp
         "is_ess": diag.ess,
         "elbo": diag.elbo,
         "converged": result.converged,
+        "num_skipped_steps": result.num_skipped_steps,
         "whitening": result.whitening,
         "pilot_elbos": result.pilot_elbos,
         "warnings": messages,
