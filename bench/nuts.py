@@ -109,6 +109,8 @@ def _ppl_runner(model_fn, data, cfg):
     import numpy as np
 
     import ppl
+    import ppl.inference.mcmc  # noqa: F401  the engine's imports (blackjax), untimed as
+    # NumPyro's are: `import numpyro` (in make_data) already loads numpyro.infer.
 
     def call(seed):
         model = ppl.from_numpyro(model_fn, **data)

@@ -8,11 +8,14 @@ the newer set one change.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from ppl.posterior import Posterior, encode_meta
+
+if TYPE_CHECKING:  # pandas is imported where it is used: R-hat in a sampler's warnings
+    import pandas as pd  # path should not pay for it
 
 __all__ = ["to_inference_data", "summary", "save", "load", "rhat", "ess"]
 
@@ -132,6 +135,8 @@ def summary(post: Posterior, hdi_prob: float = 0.94) -> pd.DataFrame:
                 "mcse_mean": sd / np.sqrt(kish),
                 "ess_kish": kish,
             }
+    import pandas as pd
+
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
