@@ -1,7 +1,8 @@
 """SMC benchmark (not a test): ppl's particle filter and tempered SMC against anchor libraries.
 
 1. Bootstrap filter, stochastic volatility (mu=-1.02, rho=0.9702, sigma=0.178), T=1000,
-   N=10,000, systematic resampling at ESS < N/2: ppl (float32, rbg keys) vs ``particles`` 0.3.
+   N=10,000, systematic resampling at ESS < N/2: ppl (float32, default fused-threefry keys)
+   vs ``particles`` 0.3, interleaved run by run, with the load average recorded.
 2. Tempered SMC on a logistic regression (N=10,000, D=25), 1000 particles: ppl (waste-free
    random walk, and HMC) vs BlackJAX's adaptive tempered SMC (modest settings).
 3. The two-mode mixture: log-evidence error and mode-weight error against exact values.
@@ -49,42 +50,55 @@ def sv_ssm():
 
 
 def bench_filter(num_reps):
+    """ppl and ``particles`` interleaved rep by rep (the machine is shared: load drifts)."""
     import particles
     from particles import state_space_models as ssms
 
     y = sv_data(1000)
     ssm = sv_ssm()
     n = 10_000
-    first = time.perf_counter()
-    smc.particle_filter(jax.random.key(0), ssm, y, num_particles=n)
-    compile_time = time.perf_counter() - first
-    ppl_ll, ppl_times = [], []
-    for i in range(num_reps):
-        res = smc.particle_filter(jax.random.key(i + 1), ssm, y, num_particles=n)
-        ppl_times.append(res.meta["wall_time"])
-        ppl_ll.append(float(res.log_likelihood))
     fk = ssms.Bootstrap(ssm=ssms.StochVol(mu=MU, rho=RHO, sigma=SIGMA), data=y)
-    pc_ll, pc_times = [], []
-    for i in range(num_reps):
-        np.random.seed(i)
+
+    def run_ppl(seed):
+        res = smc.particle_filter(jax.random.key(seed), ssm, y, num_particles=n)
+        return float(res.log_likelihood), res.meta["wall_time"]
+
+    def run_particles(seed):
+        np.random.seed(seed)
         alg = particles.SMC(fk=fk, N=n, resampling="systematic", ESSrmin=0.5,
                             collect=None, store_history=False, verbose=False)
         start = time.perf_counter()
         alg.run()
-        pc_times.append(time.perf_counter() - start)
-        pc_ll.append(float(alg.logLt))
+        return float(alg.logLt), time.perf_counter() - start
+
+    first = time.perf_counter()
+    run_ppl(10_000)
+    compile_time = time.perf_counter() - first
+    run_particles(10_000)
+    load_before = os.getloadavg()
+    ppl_ll, ppl_times, pc_ll, pc_times = [], [], [], []
+    for i in range(num_reps):
+        ll, sec = run_ppl(i + 1)
+        ppl_ll.append(ll), ppl_times.append(sec)
+        ll, sec = run_particles(i)
+        pc_ll.append(ll), pc_times.append(sec)
+    load_after = os.getloadavg()
     ppl_ll, pc_ll = np.array(ppl_ll), np.array(pc_ll)
     diff_se = np.sqrt(ppl_ll.var(ddof=1) / num_reps + pc_ll.var(ddof=1) / num_reps)
     return {
         "ppl_seconds_median": float(np.median(ppl_times)),
         "particles_seconds_median": float(np.median(pc_times)),
         "speedup": float(np.median(pc_times) / np.median(ppl_times)),
+        "ppl_seconds": ppl_times, "particles_seconds": pc_times,
         "ppl_compile_seconds": compile_time,
-        "ppl_log_likelihood_mean": float(ppl_ll.mean()), "ppl_log_likelihood_sd": float(ppl_ll.std(ddof=1)),
+        "ppl_log_likelihood_mean": float(ppl_ll.mean()),
+        "ppl_log_likelihood_sd": float(ppl_ll.std(ddof=1)),
         "particles_log_likelihood_mean": float(pc_ll.mean()),
         "particles_log_likelihood_sd": float(pc_ll.std(ddof=1)),
         "difference_in_standard_errors": float(abs(ppl_ll.mean() - pc_ll.mean()) / diff_se),
         "num_reps": num_reps,
+        "load_average_before": list(load_before), "load_average_after": list(load_after),
+        "settings": "float32, prng_impl=threefry_fused (default), systematic at ESS < N/2",
     }
 
 
@@ -300,7 +314,9 @@ def main():
     if "sv_filter" in results:
         f = results["sv_filter"]
         lines.append(
-            f"| SV bootstrap filter T=1000 N=10k ({f['num_reps']} reps) | {f['ppl_seconds_median']:.3f} s | "
+            f"| SV bootstrap filter T=1000 N=10k ({f['num_reps']} reps interleaved, 1-min load "
+            f"{f['load_average_before'][0]:.1f}-{f['load_average_after'][0]:.1f}) | "
+            f"{f['ppl_seconds_median']:.3f} s | "
             f"particles 0.3: {f['particles_seconds_median']:.3f} s | {f['speedup']:.1f}x | log-lik "
             f"{f['ppl_log_likelihood_mean']:.2f} ± {f['ppl_log_likelihood_sd']:.2f} vs "
             f"{f['particles_log_likelihood_mean']:.2f} ± {f['particles_log_likelihood_sd']:.2f} "

@@ -34,11 +34,12 @@ from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
+import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from ppl.inference.smc import base
-from ppl.inference.smc.resampling import get_resampler, normalize_log_weights
+from ppl.inference.smc.resampling import get_resampler
 
 __all__ = [
     "StateSpaceModel",
@@ -92,12 +93,13 @@ class ParticleFilterResult(NamedTuple):
 
     Attributes:
         log_likelihood: ``log p_hat(y_{0:T-1})``; its exponential is unbiased.
-        filtering_mean: weighted mean of ``x_t`` given ``y_{0:t}`` (pytree, leading ``T``).
+        filtering_mean: weighted mean of ``x_t`` given ``y_{0:t}`` (pytree, leading ``T``;
+            None with ``store_moments=False``).
         filtering_variance: weighted variance, same structure.
         ess: ``(T,)`` effective sample size after reweighting at ``t``.
         resampled: ``(T,)`` whether the step into ``t`` resampled (False at ``t = 0``).
         log_likelihood_increments: ``(T,)`` ``log p_hat(y_t | y_{0:t-1})``.
-        particles: final particles; log_weights: their ``(N,)`` log-weights.
+        particles: final particles; log_weights: their ``(N,)`` normalised log-weights.
         ancestors: ``(T, N)`` parent indices (row 0 is ``arange(N)``), when stored.
         history: particles at every ``t`` (leading ``(T, N)``), when stored.
         meta: wall time, settings.
@@ -153,26 +155,105 @@ def _smoothed(key, log_weights, ancestors, history, num_samples):
     return jax.tree_util.tree_map(lambda x: jnp.swapaxes(x, 0, 1), picked)
 
 
-def as_fast_key(key: PRNGKeyArray, impl: str | None) -> PRNGKeyArray:
-    """A key of another PRNG implementation seeded from ``key`` ("rbg", "unsafe_rbg").
+_ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
 
-    Threefry normals dominate a bootstrap filter's run time on CPU; XLA's RngBitGenerator
-    ("rbg") is several times cheaper and ample for Monte Carlo.
+
+def _threefry2x32(key_words, x0, x1):
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011), unrolled into elementwise ops.
+
+    The same function as ``jax.random``'s threefry; JAX lowers that one on CPU as a rolled
+    loop over rounds, which XLA cannot fuse (5x slower bits at N = 10^4). Unrolled, the
+    rounds fuse with whatever consumes the bits (uniform, normal transforms).
+    """
+    k0, k1 = key_words[..., 0], key_words[..., 1]
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for r in range(20):
+        rot = _ROTATIONS[r % 8]
+        x0 = x0 + x1
+        x1 = (x1 << np.uint32(rot)) | (x1 >> np.uint32(32 - rot))
+        x1 = x1 ^ x0
+        if r % 4 == 3:
+            s = r // 4 + 1
+            x0 = x0 + ks[s % 3]
+            x1 = x1 + ks[(s + 1) % 3] + np.uint32(s)
+    return x0, x1
+
+
+def _words(key_words, num_words):
+    # Counters (i, 0) for i < ceil(num_words / 2): two words per Threefry block.
+    half = -(-num_words // 2)
+    counter = jnp.arange(half, dtype=jnp.uint32)
+    x0, x1 = _threefry2x32(key_words, counter, jnp.zeros_like(counter))
+    return jnp.concatenate([x0, x1])[:num_words]
+
+
+def _fused_seed(seed):
+    seed = jnp.asarray(seed)
+    low = seed.astype(jnp.uint32)
+    high = (seed >> 32).astype(jnp.uint32) if seed.dtype.itemsize == 8 else jnp.zeros_like(low)
+    return jnp.stack([high, low])
+
+
+def _fused_split(key_words, shape):
+    num = int(np.prod(shape))
+    return _words(key_words, 2 * num).reshape(*shape, 2)
+
+
+def _fused_fold_in(key_words, data):
+    data = jnp.asarray(data).astype(jnp.uint32)
+    # Lane 1 = 2^32 - 1 keeps fold_in's counters apart from split's and random_bits' (i, 0).
+    x0, x1 = _threefry2x32(key_words, data, jnp.full_like(data, np.uint32(0xFFFFFFFF)))
+    return jnp.stack([x0, x1])
+
+
+def _fused_random_bits(key_words, bit_width, shape):
+    num = int(np.prod(shape))
+    if bit_width == 64:
+        words = _words(key_words, 2 * num).reshape(2, num)
+        bits = (words[0].astype(jnp.uint64) << np.uint64(32)) | words[1].astype(jnp.uint64)
+        return bits.reshape(shape)
+    dtype = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32}[bit_width]
+    return _words(key_words, num).astype(dtype).reshape(shape)
+
+
+THREEFRY_FUSED = jax.extend.random.define_prng_impl(
+    key_shape=(2,),
+    seed=_fused_seed,
+    split=_fused_split,
+    random_bits=_fused_random_bits,
+    fold_in=_fused_fold_in,
+    name="threefry2x32_fused",
+    tag="ppl_tf",
+)
+_PRNG_IMPLS = ("threefry_fused", "rbg", "unsafe_rbg", "threefry2x32")
+
+
+def as_fast_key(key: PRNGKeyArray, impl: str | None) -> PRNGKeyArray:
+    """A key of another PRNG implementation seeded from ``key``.
+
+    ``"threefry_fused"``: Threefry-2x32-20 (the default generator's algorithm) lowered as
+    fused elementwise operations; on CPU its normals cost about a third of JAX's threefry
+    ones. ``"rbg"``/``"unsafe_rbg"``: XLA's RngBitGenerator, fast on accelerators but slower
+    than threefry on CPU. ``None`` or ``"threefry2x32"`` keeps ``key`` as it is.
     """
     if impl is None or impl == "threefry2x32":
         return key
-    if impl not in ("rbg", "unsafe_rbg"):
-        raise ValueError(f"Expected prng_impl None, 'rbg' or 'unsafe_rbg', got {impl!r}.")
+    if impl not in _PRNG_IMPLS:
+        raise ValueError(f"Expected prng_impl None or one of {_PRNG_IMPLS}, got {impl!r}.")
+    if impl == "threefry_fused":
+        return jax.random.wrap_key_data(jax.random.bits(key, (2,), jnp.uint32),
+                                        impl=THREEFRY_FUSED)
     bits = jax.random.bits(key, (4,), jnp.uint32)
     return jax.random.wrap_key_data(bits, impl=impl)
 
 
-def _moments(particles, log_weights):
-    w = jnp.exp(normalize_log_weights(log_weights))
+def _moments(particles, weights):
+    """Weighted means and variances of every leaf, ``weights`` normalised."""
 
     def one(x):
-        x = x.astype(w.dtype) if jnp.issubdtype(x.dtype, jnp.integer) else x
-        wx = jnp.reshape(w, (-1,) + (1,) * (x.ndim - 1))
+        x = x.astype(weights.dtype) if jnp.issubdtype(x.dtype, jnp.integer) else x
+        wx = jnp.reshape(weights, (-1,) + (1,) * (x.ndim - 1))
         mean = jnp.sum(wx * x, axis=0)
         var = jnp.sum(wx * (x - mean) ** 2, axis=0)
         return mean, var
@@ -184,23 +265,46 @@ def _moments(particles, log_weights):
     return mean, var
 
 
+def _summarise(log_weights):
+    """Unnormalised log-weights to ``(log W, W, log sum w, ESS)`` with one exponential each."""
+    top = jnp.max(log_weights)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)  # all -inf: let the sum be 0 (collapse)
+    scaled = jnp.exp(log_weights - top)
+    total = jnp.sum(scaled)
+    w = scaled / total
+    log_total = top + jnp.log(total)
+    return log_weights - log_total, w, log_total, 1.0 / jnp.sum(w * w)
+
+
+class _Carry(NamedTuple):
+    # Weighted particles at t, their normalised log-weights, log Z_t and ESS_t: the
+    # weights are summarised once per step and reused by the next step's decision.
+    particles: Any
+    log_weights: Float[Array, " n"]
+    log_normalizer: Float[Array, ""]
+    ess: Float[Array, ""]
+
+
 class _Settings(NamedTuple):
     num_particles: int
     resampling: Any
     ess_threshold: float
     store_history: bool
     prng_impl: str | None
+    store_moments: bool = True
 
 
 @eqx.filter_jit
 def _run_filter(key, ssm, proposal, observations, reference, settings: _Settings):
     n = settings.num_particles
     resample_fn = get_resampler(settings.resampling)
+    threshold = settings.ess_threshold
     num_steps = jax.tree_util.tree_leaves(observations)[0].shape[0]
     y = lambda t: jax.tree_util.tree_map(lambda o: o[t], observations)  # noqa: E731
     key = as_fast_key(key, settings.prng_impl)
     init_key, scan_key = jax.random.split(key)
     conditional = reference is not None
+    keep_ancestors = settings.store_history
 
     def set_reference(particles, t):
         # Conditional SMC: slot 0 holds the reference trajectory.
@@ -223,9 +327,10 @@ def _run_filter(key, ssm, proposal, observations, reference, settings: _Settings
             + ssm.log_observation(0, particles, y0)
             - proposal.log_initial(particles, y0)
         )
-    state = base.init(particles, log_g)
+    log_w0, w0, log_total0, ess0 = _summarise(log_g)
+    carry = _Carry(particles, log_w0, log_total0 - jnp.log(n), ess0)
     num_nan0 = jnp.sum(jnp.isnan(log_g))
-    all_zero0 = ~jnp.isfinite(state.log_normalizer)
+    all_zero0 = ~jnp.isfinite(carry.log_normalizer)
 
     def move(t, key, parents):
         if proposal is None:
@@ -242,55 +347,73 @@ def _run_filter(key, ssm, proposal, observations, reference, settings: _Settings
         )
         return new, log_g
 
-    def scan_step(state, xs):
-        t, key = xs
-        resample_key, move_key = jax.random.split(key)
-        ancestors, log_w_after, resampled, _ = base.resample_decision(
-            resample_key, state.log_weights, resampling=resample_fn,
-            ess_threshold=settings.ess_threshold,
-        )
+    def resample(carry, key):
+        ancestors = resample_fn(key, carry.log_weights, n).astype(jnp.int32)
         if conditional:
             ancestors = ancestors.at[0].set(0)
-        parents = base.gather(state.particles, ancestors)
+        parents = base.gather(carry.particles, ancestors)
+        uniform = jnp.full((n,), -jnp.log(n), carry.log_weights.dtype)
+        return (parents, uniform, ancestors) if keep_ancestors else (parents, uniform)
+
+    def keep(carry, key):
+        # Not resampled: no gather, no index array (unless the history needs one).
+        out = (carry.particles, carry.log_weights)
+        return out + (jnp.arange(n, dtype=jnp.int32),) if keep_ancestors else out
+
+    def scan_step(carry, xs):
+        t, key = xs
+        resample_key, move_key = jax.random.split(key)
+        if threshold <= 0.0:
+            resampled = jnp.asarray(False)
+            chosen = keep(carry, resample_key)
+        else:
+            # Only the branch taken runs (XLA conditional), so steps that keep their
+            # particles pay nothing for the resampler. Always resampling goes through the
+            # conditional too (with a predicate XLA cannot fold): inlined, the gather fuses
+            # into the move and makes XLA's CPU loop over the PRNG rounds and the
+            # transcendental functions scalar, 5x slower at N = 10^4.
+            if threshold >= 1.0:
+                resampled = ~jnp.isnan(carry.ess) | jnp.isnan(carry.ess)
+            else:
+                resampled = carry.ess < threshold * n
+            chosen = jax.lax.cond(resampled, resample, keep, carry, resample_key)
+        parents, log_w_after = chosen[0], chosen[1]
         particles, log_g = move(t, move_key, parents)
-        log_weights, increment, num_nan, all_zero = base.reweight(log_w_after, log_g)
-        new = base.SMCState(particles, log_weights, state.log_normalizer + increment)
-        mean, var = _moments(particles, log_weights)
+        # log_w_after is normalised, so its logsumexp with log G is the increment.
+        log_w, w, increment, ess = _summarise(log_w_after + log_g)
+        new = _Carry(particles, log_w, carry.log_normalizer + increment, ess)
         out = {
-            "mean": mean, "var": var, "ess": _ess(log_weights), "resampled": resampled,
-            "increment": increment, "num_nan": num_nan, "all_zero": all_zero,
+            "ess": ess, "resampled": resampled, "increment": increment,
+            "num_nan": jnp.sum(jnp.isnan(log_g)), "all_zero": ~jnp.isfinite(increment),
         }
-        if settings.store_history:
-            out["ancestors"] = ancestors
+        if settings.store_moments:
+            out["mean"], out["var"] = _moments(particles, w)
+        if keep_ancestors:
+            out["ancestors"] = chosen[2]
             out["particles"] = particles
         return new, out
 
     keys = jax.random.split(scan_key, num_steps - 1)
-    final, out = jax.lax.scan(scan_step, state, (jnp.arange(1, num_steps), keys))
-    mean0, var0 = _moments(state.particles, state.log_weights)
+    final, out = jax.lax.scan(scan_step, carry, (jnp.arange(1, num_steps), keys))
     cat = lambda first, rest: jnp.concatenate([jnp.asarray(first)[None], rest])  # noqa: E731
     result = {
         "log_likelihood": final.log_normalizer,
-        "mean": jax.tree_util.tree_map(cat, mean0, out["mean"]),
-        "var": jax.tree_util.tree_map(cat, var0, out["var"]),
-        "ess": cat(_ess(state.log_weights), out["ess"]),
+        "ess": cat(ess0, out["ess"]),
         "resampled": cat(jnp.asarray(False), out["resampled"]),
-        "increment": cat(state.log_normalizer, out["increment"]),
+        "increment": cat(carry.log_normalizer, out["increment"]),
         "num_nan": cat(num_nan0, out["num_nan"]),
         "all_zero": cat(all_zero0, out["all_zero"]),
         "particles": final.particles,
         "log_weights": final.log_weights,
     }
+    if settings.store_moments:
+        mean0, var0 = _moments(particles, w0)
+        result["mean"] = jax.tree_util.tree_map(cat, mean0, out["mean"])
+        result["var"] = jax.tree_util.tree_map(cat, var0, out["var"])
     if settings.store_history:
         result["ancestors"] = cat(jnp.arange(n, dtype=jnp.int32), out["ancestors"])
-        result["history"] = jax.tree_util.tree_map(cat, state.particles, out["particles"])
+        result["history"] = jax.tree_util.tree_map(cat, particles, out["particles"])
     return result
-
-
-def _ess(log_weights):
-    from ppl.inference.smc.resampling import effective_sample_size
-
-    return effective_sample_size(log_weights)
 
 
 def _check_observations(observations):
@@ -323,7 +446,8 @@ def particle_filter(
     ess_threshold: float = 0.5,
     proposal: Proposal | None = None,
     store_history: bool = False,
-    prng_impl: str | None = "rbg",
+    prng_impl: str | None = "threefry_fused",
+    store_moments: bool = True,
 ) -> ParticleFilterResult:
     """Run a bootstrap (or, with ``proposal``, guided) particle filter.
 
@@ -337,8 +461,11 @@ def particle_filter(
         proposal: a :class:`Proposal` for the guided filter (needs ``ssm.log_initial``
             and ``ssm.log_transition``).
         store_history: keep every particle and ancestor (for smoothing by tracing).
-        prng_impl: PRNG implementation used inside the filter ("rbg" is much faster than
-            threefry on CPU; None keeps the key's own).
+        prng_impl: PRNG implementation inside the filter (see :func:`as_fast_key`):
+            "threefry_fused" (default: JAX's threefry algorithm, 3x cheaper normals on
+            CPU), "rbg", "unsafe_rbg", or None to keep the key's own.
+        store_moments: compute the filtering means and variances (False: they are None;
+            a caller that needs only the likelihood, such as PMMH, saves a pass per step).
 
     Returns:
         A :class:`ParticleFilterResult`.
@@ -349,12 +476,13 @@ def particle_filter(
     """
     result = _filter(key, ssm, observations, None, num_particles=num_particles,
                      resampling=resampling, ess_threshold=ess_threshold, proposal=proposal,
-                     store_history=store_history, prng_impl=prng_impl)
+                     store_history=store_history, prng_impl=prng_impl,
+                     store_moments=store_moments)
     return result
 
 
 def _filter(key, ssm, observations, reference, *, num_particles, resampling, ess_threshold,
-            proposal, store_history, prng_impl):
+            proposal, store_history, prng_impl, store_moments=True):
     if not isinstance(ssm, StateSpaceModel):
         raise TypeError(f"Expected a smc.StateSpaceModel, got {type(ssm).__name__}.")
     num_particles = base.check_num_particles(num_particles)
@@ -366,15 +494,18 @@ def _filter(key, ssm, observations, reference, *, num_particles, resampling, ess
             "filter (the weights need f_t / q_t), got None."
         )
     observations = _check_observations(observations)
-    settings = _Settings(num_particles, resampling, ess_threshold, store_history, prng_impl)
+    if prng_impl is not None and prng_impl not in _PRNG_IMPLS:
+        raise ValueError(f"Expected prng_impl None or one of {_PRNG_IMPLS}, got {prng_impl!r}.")
+    settings = _Settings(num_particles, resampling, ess_threshold, store_history, prng_impl,
+                         bool(store_moments))
     start = time.perf_counter()
     out = _run_filter(key, ssm, proposal, observations, reference, settings)
     out = jax.block_until_ready(out)
     base.raise_on_bad_steps(out["num_nan"], out["all_zero"], what="time step")
     return ParticleFilterResult(
         log_likelihood=out["log_likelihood"],
-        filtering_mean=out["mean"],
-        filtering_variance=out["var"],
+        filtering_mean=out.get("mean"),
+        filtering_variance=out.get("var"),
         ess=out["ess"],
         resampled=out["resampled"],
         log_likelihood_increments=out["increment"],
@@ -423,7 +554,7 @@ def sample_particle_filter(
     resampling: str | Callable = "systematic",
     ess_threshold: float = 0.5,
     num_trajectories: int = 1000,
-    prng_impl: str | None = "rbg",
+    prng_impl: str | None = "threefry_fused",
 ):
     """The particle-filter engine: ``ppl.infer(model, "particle_filter", key=..., ...)``.
 
@@ -448,7 +579,7 @@ def sample_particle_filter(
         resampling: scheme name or resampler callable.
         ess_threshold: resample when ``ESS < ess_threshold * N``.
         num_trajectories: number of smoothed trajectories returned.
-        prng_impl: PRNG implementation inside the filter ("rbg" is fastest on CPU).
+        prng_impl: PRNG implementation inside the filter (see :func:`as_fast_key`).
 
     Returns:
         A :class:`~ppl.Posterior` with site ``"x"`` shaped ``(1, num_trajectories, T, ...)``

@@ -6,9 +6,13 @@ is unbiased: the number of offspring ``O_i`` of particle ``i`` satisfies
 ``E[O_i] = n W_i`` with ``W`` the normalised weights. They differ in variance:
 multinomial > stratified, residual > systematic (usually; Douc, Cappé & Moulines 2005).
 
-All are jittable, with static ``num_samples``. Systematic resampling counts offspring from
-the cumulative weights (``O(N)``: one cumulative sum, one scatter-add) instead of a sorted
-search, which is what a bootstrap filter with ``N = 10^4`` spends most of its time on.
+All are jittable, with static ``num_samples``. Systematic and stratified resampling find
+each particle's first output slot from the cumulative weights in closed form (``O(N)``: one
+cumulative sum, one scatter-add, one cumulative count) instead of a sorted search, which is
+what a bootstrap filter with ``N = 10^4`` would otherwise spend most of its time on. On CPU,
+XLA's cumulative sum is a tree of reduce-windows; :func:`cumulative_sum` does it as a
+blocked triangular matrix product instead (3-4x faster at ``N = 10^4``, and no less
+accurate).
 
 References:
     Douc, R., Cappé, O. and Moulines, E. (2005). Comparison of resampling schemes for
@@ -23,6 +27,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 __all__ = [
@@ -35,7 +40,14 @@ __all__ = [
     "normalize_log_weights",
     "effective_sample_size",
     "counts_to_indices",
+    "cumulative_sum",
 ]
+
+# Block length of the matrix-product cumulative sum: 64 was fastest at N = 10^4 on CPU
+# (32: 1.5x, 128: 1.6x, 256: 2.9x slower; jnp.cumsum 3.6x slower).
+_BLOCK = 64
+# Integer cumulative sums go through float32, exact while every partial sum is below 2^24.
+_MAX_EXACT_FLOAT32 = 2**24
 
 
 def normalize_log_weights(log_weights: Float[Array, " n"]) -> Float[Array, " n"]:
@@ -49,10 +61,57 @@ def effective_sample_size(log_weights: Float[Array, " n"]) -> Float[Array, ""]:
     return jnp.exp(-jax.scipy.special.logsumexp(2.0 * log_w))
 
 
+def cumulative_sum(x: Float[Array, " n"]) -> Float[Array, " n"]:
+    """Inclusive cumulative sum of a 1-D array, ``jnp.cumsum(x)`` computed faster on CPU.
+
+    Blocks of ``_BLOCK`` entries are summed by a product with an upper-triangular matrix of
+    ones (full float32 precision, also on accelerators), then the block totals are
+    accumulated. Integer input must keep every partial sum below ``2**24`` (offspring counts
+    of up to 16 million particles); larger or non-float inputs fall back to ``jnp.cumsum``.
+    """
+    x = jnp.asarray(x)
+    num = x.shape[0]
+    is_int = jnp.issubdtype(x.dtype, jnp.integer)
+    if num <= _BLOCK or (is_int and num >= _MAX_EXACT_FLOAT32) or not (
+        is_int or jnp.issubdtype(x.dtype, jnp.floating)
+    ):
+        return jnp.cumsum(x)
+    dtype = jnp.float32 if is_int else x.dtype
+    num_blocks = -(-num // _BLOCK)
+    blocks = jnp.pad(x.astype(dtype), (0, num_blocks * _BLOCK - num)).reshape(
+        num_blocks, _BLOCK
+    )
+    upper = jnp.triu(jnp.ones((_BLOCK, _BLOCK), dtype))
+    within = jnp.matmul(blocks, upper, precision=jax.lax.Precision.HIGHEST)
+    totals = within[:, -1]
+    offsets = jnp.cumsum(totals) - totals
+    out = (within + offsets[:, None]).reshape(-1)[:num]
+    return jnp.round(out).astype(x.dtype) if is_int else out
+
+
 def _cdf(log_weights):
-    w = jnp.exp(normalize_log_weights(log_weights))
-    cumulative = jnp.cumsum(w)
-    return cumulative / cumulative[-1]  # the last value is exactly one
+    """Cumulative normalised weights ``C_i``, with ``C_i == C_{i-1}`` exactly when ``w_i = 0``.
+
+    The weights are rounded to integers summing to about ``2^p`` (``p`` the float mantissa
+    width: the resolution a float cumulative sum has anyway) and summed exactly, so a
+    zero-weight particle owns an empty interval and is never selected, and ``C`` is
+    nondecreasing whatever order the sum is computed in.
+    """
+    log_weights = jnp.asarray(log_weights)
+    num = log_weights.shape[0]
+    w = jnp.exp(log_weights - jnp.max(log_weights))
+    dtype = w.dtype
+    exact = 2.0 ** (jnp.finfo(dtype).nmant + 1)
+    if num >= exact / 2:  # too many particles for exact integer sums: plain float sums
+        cumulative = jnp.cumsum(w)
+        return cumulative / cumulative[-1]
+    # Rounding adds at most num / 2 to the total: every partial sum stays below 2^p.
+    units = jnp.round(w * ((exact - num) / jnp.sum(w)))
+    cumulative = cumulative_sum(units)
+    total = cumulative[-1]
+    # XLA may divide by multiplying with a reciprocal: pin the final plateau at one, so
+    # zero-weight particles at the end own nothing.
+    return jnp.where(cumulative >= total, 1.0, cumulative / total).astype(dtype)
 
 
 def counts_to_indices(starts: Int[Array, " m"], num_samples: int) -> Int[Array, " n"]:
@@ -62,12 +121,17 @@ def counts_to_indices(starts: Int[Array, " m"], num_samples: int) -> Int[Array, 
     is the number of particles that start at or before ``j``, minus one.
     """
     hits = jnp.zeros(num_samples + 1, jnp.int32).at[starts].add(1)
-    return jnp.cumsum(hits[:num_samples]) - 1
+    return cumulative_sum(hits[:num_samples]) - 1
 
 
 def _from_sorted_uniforms(log_weights, uniforms, num_samples):
-    # Index i is chosen by u when cdf[i - 1] <= u < cdf[i].
-    idx = jnp.searchsorted(_cdf(log_weights), uniforms, side="right", method="sort")
+    # Index i is chosen by u when cdf[i - 1] <= u < cdf[i]. A binary search per point: on
+    # CPU "scan" (a vectorised bisection) is 10x faster than "sort"; accelerators sort well.
+    method = "scan" if jax.default_backend() == "cpu" else "sort"
+    cdf = _cdf(log_weights)
+    # A uniform rounded up to 1 would land past the last positive weight.
+    uniforms = jnp.minimum(uniforms, jnp.asarray(np.nextafter(1.0, 0.0, dtype=np.float32)))
+    idx = jnp.searchsorted(cdf, uniforms.astype(cdf.dtype), side="right", method=method)
     return jnp.clip(idx, 0, log_weights.shape[0] - 1).astype(jnp.int32)
 
 
@@ -88,10 +152,21 @@ def multinomial(
 def stratified(
     key: PRNGKeyArray, log_weights: Float[Array, " m"], num_samples: int
 ) -> Int[Array, " n"]:
-    """Stratified resampling: one uniform in each stratum ``[j / n, (j + 1) / n)``."""
+    """Stratified resampling: one uniform in each stratum ``[j / n, (j + 1) / n)``.
+
+    The points ``(j + u_j) / n`` increase with ``j``, so the number of them below ``c`` is
+    ``k + [u_k < n c - k]`` with ``k = floor(n c)``: particle ``i``'s first slot follows from
+    ``C_{i-1}`` without a search (the same indices as a sorted search, in ``O(N)``).
+    """
     u = jax.random.uniform(key, (num_samples,))
-    uniforms = (jnp.arange(num_samples) + u) / num_samples
-    return _from_sorted_uniforms(log_weights, uniforms, num_samples)
+    cdf = _cdf(log_weights)
+    previous = num_samples * jnp.concatenate([jnp.zeros((1,), cdf.dtype), cdf[:-1]])
+    whole = jnp.clip(jnp.floor(previous), 0, num_samples).astype(jnp.int32)
+    # Slot k = num_samples does not exist: nothing more to count there.
+    u_at = jnp.take(u, jnp.minimum(whole, num_samples - 1))
+    below = (whole < num_samples) & (u_at < previous - whole)
+    starts = whole + below.astype(jnp.int32)
+    return counts_to_indices(starts, num_samples)
 
 
 def systematic(
@@ -106,7 +181,9 @@ def systematic(
     u = jax.random.uniform(key, ())
     cdf = _cdf(log_weights)
     previous = jnp.concatenate([jnp.zeros((1,), cdf.dtype), cdf[:-1]])
-    starts = jnp.clip(jnp.ceil(num_samples * previous - u), 0, num_samples).astype(jnp.int32)
+    starts = jnp.clip(jnp.ceil(num_samples * previous - u), 0, num_samples)
+    # Every point is below 1; rounding in n - u must not hand a slot to trailing zeros.
+    starts = jnp.where(previous >= 1.0, num_samples, starts).astype(jnp.int32)
     return counts_to_indices(starts, num_samples)
 
 

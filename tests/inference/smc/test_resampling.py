@@ -1,7 +1,9 @@
 """Resamplers: offspring counts are unbiased, E[O_i] = N W_i (chi-square, one failure budget).
 
-Each scheme is tested at level ALPHA = 0.001 (four schemes: a suite-level false-alarm budget
-of 0.4%). A resampler that uses squared weights (a plausible bug) is the negative control.
+Each scheme is tested at level ALPHA = 0.001, at N = 40 and at N = 200 (where the blocked
+matrix-product cumulative sums and their padding are used): eight tests, a suite-level
+false-alarm budget of 0.8%. A resampler that uses squared weights (a plausible bug) is the
+negative control.
 """
 
 import jax
@@ -17,28 +19,28 @@ NUM_PARTICLES = 40
 NUM_REPS = 4000
 
 
-def _weights():
+def _weights(num=NUM_PARTICLES):
     rng = np.random.default_rng(0)
-    w = rng.gamma(0.5, size=NUM_PARTICLES)
+    w = rng.gamma(0.5, size=num)
     w[[3, 17]] = 0.0  # zero weights must never be selected
     return w / w.sum()
 
 
-def _counts(resample_fn, seed):
-    log_w = jnp.log(jnp.asarray(_weights(), jnp.float32))
+def _counts(resample_fn, seed, num=NUM_PARTICLES):
+    log_w = jnp.log(jnp.asarray(_weights(num), jnp.float32))
     keys = jax.random.split(jax.random.key(seed), NUM_REPS)
 
     @jax.jit
     def run(keys):
-        idx = jax.vmap(lambda k: resample_fn(k, log_w, NUM_PARTICLES))(keys)
-        return jax.vmap(lambda i: jnp.bincount(i, length=NUM_PARTICLES))(idx)
+        idx = jax.vmap(lambda k: resample_fn(k, log_w, num))(keys)
+        return jax.vmap(lambda i: jnp.bincount(i, length=num))(idx)
 
     return np.asarray(run(keys))
 
 
 def _chi_square_pvalue(counts, w):
     """Wald test of mean offspring = N w on the particles with random counts."""
-    expected = NUM_PARTICLES * w
+    expected = w.size * w
     mean, var = counts.mean(0), counts.var(0, ddof=1)
     random = var > 0
     # Deterministic counts must equal their expectation up to rounding (systematic: floor/ceil).
@@ -49,13 +51,60 @@ def _chi_square_pvalue(counts, w):
     return stats.chi2.sf(z2.sum(), df=int(random.sum()))
 
 
+@pytest.mark.parametrize("num", [NUM_PARTICLES, 200])
 @pytest.mark.parametrize("name", ["multinomial", "systematic", "stratified", "residual"])
-def test_offspring_unbiased(name):
-    w = _weights()
-    counts = _counts(resampling.RESAMPLERS[name], seed=1)
-    assert counts.sum(1).min() == counts.sum(1).max() == NUM_PARTICLES
+def test_offspring_unbiased(name, num):
+    w = _weights(num)
+    counts = _counts(resampling.RESAMPLERS[name], seed=1, num=num)
+    assert counts.sum(1).min() == counts.sum(1).max() == num
     assert counts[:, [3, 17]].sum() == 0
     assert _chi_square_pvalue(counts, w) > ALPHA
+
+
+@pytest.mark.parametrize("name", ["multinomial", "systematic", "stratified", "residual"])
+def test_zero_weights_never_selected_at_scale(name):
+    """N = 10^4 with zeros on block boundaries and at both ends: never an ancestor.
+
+    Float cumulative sums computed in blocks round differently on either side of a block
+    boundary, and ``n - u`` or a uniform can round onto the last plateau; each of these
+    handed slots to zero-weight particles before the cumulative weights were made exact.
+    """
+    num = 10_000
+    rng = np.random.default_rng(5)
+    w = rng.gamma(0.3, size=num)
+    zero = rng.uniform(size=num) < 0.5
+    zero[63::64] = zero[64::64] = True
+    zero[:2] = zero[-3:] = True
+    w[zero] = 0.0
+    log_w = jnp.log(jnp.asarray(w / w.sum(), jnp.float32))
+    run = jax.jit(jax.vmap(lambda k: resampling.RESAMPLERS[name](k, log_w, num)))
+    idx = np.asarray(run(jax.random.split(jax.random.key(0), 200)))
+    assert np.all((idx >= 0) & (idx < num))
+    assert not zero[idx].any()
+    assert np.all(np.diff(idx, axis=1) >= 0) or name == "residual"
+
+
+def test_stratified_without_search_matches_sorted_search():
+    """The O(N) stratified indices equal a binary search of the points (j + u_j) / n."""
+    num = 1000
+    log_w = jnp.asarray(np.random.default_rng(1).normal(size=num) * 3, jnp.float32)
+    key = jax.random.key(3)
+    points = (jnp.arange(num) + jax.random.uniform(key, (num,))) / num
+    cdf = resampling._cdf(log_w)
+    expected = np.minimum(np.searchsorted(np.asarray(cdf), np.asarray(points), side="right"),
+                          num - 1)
+    assert np.array_equal(np.asarray(resampling.stratified(key, log_w, num)), expected)
+
+
+@pytest.mark.parametrize("num", [1, 63, 64, 65, 1000, 10_007])
+def test_cumulative_sum_matches_numpy(num):
+    rng = np.random.default_rng(num)
+    x = rng.uniform(size=num).astype(np.float32)
+    got = np.asarray(resampling.cumulative_sum(jnp.asarray(x)))
+    assert np.abs(got - np.cumsum(x.astype(np.float64))).max() < 1e-6 * num
+    counts = rng.integers(0, 4, size=num).astype(np.int32)
+    assert np.array_equal(np.asarray(resampling.cumulative_sum(jnp.asarray(counts))),
+                          np.cumsum(counts))
 
 
 def test_negative_control_biased_resampler_is_flagged():

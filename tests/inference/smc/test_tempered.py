@@ -72,7 +72,8 @@ def test_linear_regression_known_noise_evidence():
 
 
 # Two-mode target: prior N(0, 3^2) on the line, likelihood a two-component mixture.
-LOCS, SCALES, WEIGHTS, PRIOR_SD = np.array([-2.0, 2.5]), np.array([0.3, 0.4]), np.array([0.7, 0.3]), 3.0
+LOCS, SCALES = np.array([-2.0, 2.5]), np.array([0.3, 0.4])
+WEIGHTS, PRIOR_SD = np.array([0.7, 0.3]), 3.0
 
 
 def _mixture_model():

@@ -1,0 +1,64 @@
+"""The particle filter's default PRNG: Threefry-2x32-20 lowered as fused elementwise ops.
+
+It must be the same function as JAX's threefry (bit for bit on the same counters), its
+normals must be standard normal (Kolmogorov-Smirnov at ALPHA), keys must split, fold in and
+vmap, and a filter run must be reproducible from its key.
+"""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.extend.random import threefry_2x32
+from ppl.inference import smc
+from scipy import stats
+
+pf = importlib.import_module("ppl.inference.smc.particle_filter")
+ALPHA = 0.001
+
+
+def test_same_function_as_jax_threefry():
+    key_words = jax.random.key_data(jax.random.key(11))
+    counter = jnp.arange(1000, dtype=jnp.uint32)
+    ours = jnp.concatenate(pf._threefry2x32(key_words, counter, jnp.zeros_like(counter)))
+    theirs = threefry_2x32(key_words, jnp.concatenate([counter, jnp.zeros_like(counter)]))
+    assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
+def test_normals_splits_and_fold_in():
+    key = pf.as_fast_key(jax.random.key(0), "threefry_fused")
+    draws = np.asarray(jax.random.normal(key, (100_000,)), np.float64)
+    assert stats.kstest(draws, "norm").pvalue > ALPHA
+    # Split and folded keys give distinct streams; vmap over keys works.
+    a, b = jax.random.split(key)
+    streams = [jax.random.bits(k, (64,)) for k in (a, b, jax.random.fold_in(key, 1), key)]
+    assert len({np.asarray(s).tobytes() for s in streams}) == 4
+    batch = jax.vmap(lambda k: jax.random.normal(k, (3,)))(jax.random.split(key, 5))
+    assert batch.shape == (5, 3) and len(np.unique(np.asarray(batch))) == 15
+    assert jax.random.bits(key, (5,), jnp.uint8).dtype == jnp.uint8
+
+
+def test_filter_reproducible_and_options():
+    ssm = smc.StateSpaceModel(
+        sample_initial=lambda key, n: jax.random.normal(key, (n,)),
+        sample_transition=lambda key, t, x: 0.9 * x + jax.random.normal(key, x.shape),
+        log_observation=lambda t, x, y: jax.scipy.stats.norm.logpdf(y, x, 1.0),
+    )
+    y = jnp.sin(jnp.arange(20.0))
+    first = smc.particle_filter(jax.random.key(4), ssm, y, num_particles=300)
+    again = smc.particle_filter(jax.random.key(4), ssm, y, num_particles=300)
+    other = smc.particle_filter(jax.random.key(5), ssm, y, num_particles=300)
+    assert float(first.log_likelihood) == float(again.log_likelihood)
+    assert float(first.log_likelihood) != float(other.log_likelihood)
+    # Without moments: the same random numbers, so the same likelihood; moments are None.
+    bare = smc.particle_filter(jax.random.key(4), ssm, y, num_particles=300,
+                               store_moments=False)
+    assert bare.filtering_mean is None and bare.filtering_variance is None
+    assert np.isclose(float(bare.log_likelihood), float(first.log_likelihood), atol=1e-4)
+    for impl in (None, "rbg"):
+        res = smc.particle_filter(jax.random.key(4), ssm, y, num_particles=300, prng_impl=impl)
+        assert np.isfinite(float(res.log_likelihood))
+    with pytest.raises(ValueError, match="prng_impl"):
+        smc.particle_filter(jax.random.key(4), ssm, y, num_particles=300, prng_impl="mt19937")
