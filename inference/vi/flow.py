@@ -482,7 +482,10 @@ def _whitening_candidates(key, model, whiten: str):
         candidates["prior"] = prior
     if not candidates:
         candidates["none"] = (jnp.zeros(dim), jnp.eye(dim))
-    values = {name: float(_flows._batch_log_density(model, loc[None])[0])
+    # The Laplace search evaluated its mode already; only other candidates need a program.
+    values = {name: (float(laplace.log_density) if name == "laplace"
+                     and np.isfinite(float(laplace.whitened_grad_norm))
+                     else float(_flows._batch_log_density(model, loc[None])[0]))
               for name, (loc, _) in candidates.items()}
     finite = {name: c for name, c in candidates.items() if np.isfinite(values[name])}
     if not finite:
