@@ -3,7 +3,8 @@
 One Feynman-Kac core (:mod:`.base`: resample, move, reweight over particles of any kind)
 with resampling schemes that see only weights (:mod:`.resampling`), and its instances:
 particle filters for state-space models (:mod:`.particle_filter`), conditional SMC and
-particle Gibbs (:mod:`.conditional`), and adaptive tempered SMC for any Model
+particle Gibbs (:mod:`.conditional`), particle marginal Metropolis-Hastings for static
+parameters (:mod:`.pmmh`), and adaptive tempered SMC for any Model
 (:mod:`.tempered`, ``ppl.infer(model, "smc")``).
 """
 
@@ -14,10 +15,12 @@ from ppl.inference.smc.particle_filter import (
     ParticleFilterResult,
     Proposal,
     StateSpaceModel,
+    log_likelihood_estimate,
     particle_filter,
     sample_particle_filter,
     trace_ancestors,
 )
+from ppl.inference.smc.pmmh import PMMHInfo, PMMHResult, PMMHState, pmmh
 from ppl.inference.smc.resampling import (
     effective_sample_size,
     multinomial,
@@ -27,6 +30,9 @@ from ppl.inference.smc.resampling import (
 )
 
 __all__ = [
+    "PMMHInfo",
+    "PMMHResult",
+    "PMMHState",
     "ParticleFilterResult",
     "Proposal",
     "SMCInfo",
@@ -36,9 +42,11 @@ __all__ = [
     "conditional_particle_filter",
     "effective_sample_size",
     "gather",
+    "log_likelihood_estimate",
     "multinomial",
     "particle_filter",
     "particle_gibbs_step",
+    "pmmh",
     "residual",
     "resampling",
     "sample_particle_filter",

@@ -48,6 +48,7 @@ __all__ = [
     "particle_filter",
     "trace_ancestors",
     "as_fast_key",
+    "log_likelihood_estimate",
     "sample_particle_filter",
 ]
 
@@ -294,8 +295,7 @@ class _Settings(NamedTuple):
     store_moments: bool = True
 
 
-@eqx.filter_jit
-def _run_filter(key, ssm, proposal, observations, reference, settings: _Settings):
+def _filter_core(key, ssm, proposal, observations, reference, settings: _Settings):
     n = settings.num_particles
     resample_fn = get_resampler(settings.resampling)
     threshold = settings.ess_threshold
@@ -414,6 +414,36 @@ def _run_filter(key, ssm, proposal, observations, reference, settings: _Settings
         result["ancestors"] = cat(jnp.arange(n, dtype=jnp.int32), out["ancestors"])
         result["history"] = jax.tree_util.tree_map(cat, particles, out["particles"])
     return result
+
+
+# The model's functions are static (hashed by identity), observations and keys are data.
+_run_filter = eqx.filter_jit(_filter_core)
+
+
+def log_likelihood_estimate(
+    key: PRNGKeyArray,
+    ssm: StateSpaceModel,
+    observations: Any,
+    *,
+    num_particles: int = 1000,
+    resampling: str | Callable = "systematic",
+    ess_threshold: float = 0.5,
+    prng_impl: str | None = "threefry_fused",
+) -> Float[Array, ""]:
+    """The bootstrap filter's ``log p_hat(y_{0:T-1})`` as a pure, traceable function.
+
+    For use inside the caller's ``jit``/``scan``/``vmap`` (PMMH, SMC^2), where ``ssm`` may
+    close over traced parameters. Unlike :func:`particle_filter` it runs no host-side
+    checks of the weights: a collapsed filter returns ``-inf``, a NaN log-potential NaN.
+    """
+    num_particles = base.check_num_particles(num_particles)
+    ess_threshold = base.check_ess_threshold(ess_threshold)
+    get_resampler(resampling)
+    if prng_impl is not None and prng_impl not in _PRNG_IMPLS:
+        raise ValueError(f"Expected prng_impl None or one of {_PRNG_IMPLS}, got {prng_impl!r}.")
+    settings = _Settings(num_particles, resampling, ess_threshold, False, prng_impl, False)
+    observations = jax.tree_util.tree_map(jnp.asarray, observations)
+    return _filter_core(key, ssm, None, observations, None, settings)["log_likelihood"]
 
 
 def _check_observations(observations):
