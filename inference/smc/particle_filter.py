@@ -141,7 +141,9 @@ def trace_ancestors(ancestors: Int[Array, "T n"], final_indices: Int[Array, " m"
         parent = a_next[idx]
         return parent, idx
 
-    # Walk t = T-1 .. 1 using ancestors[t] to reach t-1.
+    # Walk t = T-1 .. 1 using ancestors[t] to reach t-1 (one index dtype: int64 draws under
+    # jax_enable_x64 meet int32 ancestors).
+    final_indices = jnp.asarray(final_indices).astype(ancestors.dtype)
     first, paths = jax.lax.scan(back, final_indices, ancestors[1:], reverse=True)
     return jnp.concatenate([first[None], paths], axis=0)
 
