@@ -32,7 +32,7 @@ def conditional_particle_filter(
     reference: Any,
     *,
     num_particles: int = 100,
-    prng_impl: str | None = "rbg",
+    prng_impl: str | None = "threefry_fused",
 ) -> ParticleFilterResult:
     """Conditional bootstrap filter with ``reference`` (leaves ``(T, ...)``) in slot 0.
 
