@@ -185,7 +185,10 @@ def _optimise_mode(model, start, num_steps: int):
     def neg(z):
         return -model.log_density(z)
 
-    opt = optax.lbfgs()
+    # A backtracking line search: the default zoom search's nested loops made this program
+    # take 1.6x longer to compile (1.1 s against 1.8 s on eight schools), for the same mode.
+    opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(
+        max_backtracking_steps=15, store_grad=True))
     value_and_grad = optax.value_and_grad_from_state(neg)
 
     def step(carry, _):
