@@ -153,7 +153,7 @@ class GPT2(eqx.Module):
     def __call__(self, token_ids, positions, cache, write_slots):
         """Logits ``(batch, chunk, vocab)`` in float32 and the updated cache."""
         h, cache = self.hidden(token_ids, positions, cache, write_slots)
-        return (h @ self.wte.T).astype(jnp.float32), cache
+        return jnp.matmul(h, self.wte.T, preferred_element_type=jnp.float32), cache
 
 
 def from_hf(config: dict[str, Any], tensors: dict[str, np.ndarray], *, dtype) -> GPT2:

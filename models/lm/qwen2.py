@@ -142,11 +142,14 @@ class Qwen2(eqx.Module):
         positions: Int[Array, "batch chunk"],
         cache: L.KVCache | None,
         write_slots: Int[Array, "batch chunk"] | None,
+        *,
+        unroll: bool = False,
     ) -> tuple[Float[Array, "batch chunk hidden"], L.KVCache | None]:
         """Final hidden states of ``token_ids`` (after the last norm) and the updated cache.
 
         With ``cache=None`` the chunk attends only to itself (positions must be
-        ``0 .. chunk-1``): the cache-free path for scoring and training.
+        ``0 .. chunk-1``): the cache-free path for scoring and training. ``unroll`` unrolls
+        that path's loop over layers (faster training steps for shallow models on CPU).
         """
         c = self.config
         batch, chunk = token_ids.shape
@@ -171,14 +174,14 @@ class Qwen2(eqx.Module):
             x = x + (jax.nn.silu(h @ p["gate_w"]) * (h @ p["up_w"])) @ p["down_w"]
             return x, (keys, values)
 
-        x, cache = L.scan_layers(layer, x, self.layers, cache)
+        x, cache = L.scan_layers(layer, x, self.layers, cache, unroll=unroll)
         return L.rms_norm(x, self.norm, c.rms_norm_eps), cache
 
-    def __call__(self, token_ids, positions, cache, write_slots):
+    def __call__(self, token_ids, positions, cache, write_slots, *, unroll: bool = False):
         """Logits ``(batch, chunk, vocab)`` in float32 and the updated cache."""
-        h, cache = self.hidden(token_ids, positions, cache, write_slots)
+        h, cache = self.hidden(token_ids, positions, cache, write_slots, unroll=unroll)
         head = self.embed if self.lm_head is None else self.lm_head
-        return (h @ head.T).astype(jnp.float32), cache
+        return jnp.matmul(h, head.T, preferred_element_type=jnp.float32), cache
 
 
 def init(key: PRNGKeyArray, config: Qwen2Config, *, dtype=jnp.float32) -> Qwen2:

@@ -49,6 +49,35 @@ def decode(ids) -> str:
     return "".join(VOCAB[i] for i in ids if i > EOS_ID)
 
 
+def _example(rng: np.random.Generator, *, max_difficulty: int, slip_scale: float, slip_rate):
+    """One noisy example: its ids, its loss mask and its step labels (unpadded lists)."""
+    problem = tasks.generate(rng, int(rng.integers(1, max_difficulty + 1)))
+    solution = tasks.noisy_solution(rng, problem, slip_scale=slip_scale, slip_rate=slip_rate)
+    prompt_ids = encode(problem.prompt)
+    ids = prompt_ids + encode(solution) + [EOS_ID]
+    loss_mask = [0.0] * len(prompt_ids) + [1.0] * (len(ids) - len(prompt_ids))
+    step_ends = [-1] * len(ids)
+    position = len(prompt_ids) - 1
+    for label, line in zip(
+        tasks.step_labels(problem, solution), solution.split("\n"), strict=False
+    ):
+        position += len(line) + 1
+        step_ends[position] = int(label)
+    return ids, loss_mask, step_ends, problem, solution
+
+
+def _pad(examples, length: int):
+    ids = np.full((len(examples), length), PAD_ID, np.int32)
+    loss_mask = np.zeros((len(examples), length), np.float32)
+    step_ends = np.full((len(examples), length), -1, np.int32)
+    for row, (row_ids, row_mask, row_ends, *_) in enumerate(examples):
+        count = min(len(row_ids), length)
+        ids[row, :count] = row_ids[:count]
+        loss_mask[row, :count] = row_mask[:count]
+        step_ends[row, :count] = row_ends[:count]
+    return ids, loss_mask, step_ends
+
+
 def training_batch(
     rng: np.random.Generator,
     batch: int,
@@ -56,32 +85,67 @@ def training_batch(
     *,
     max_difficulty: int,
     slip_scale: float = 1.0,
+    slip_rate: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tasks.Problem], list[str]]:
-    """Right-padded prompt+solution+eos ids.
+    """Right-padded prompt+solution+eos ids (difficulty uniform in 1..max_difficulty).
+
+    Slips as in :func:`tasks.noisy_solution` (``slip_scale``, ``slip_rate``).
 
     Returns:
-        ``(ids, loss_mask, step_ends, problems, solutions)``: ``(batch, length)`` ids,
-        a mask that is 1 on the solution's tokens (the targets), ``(batch, length)`` labels
-        at each solution line's newline (1 correct prefix, 0 wrong, -1 elsewhere).
+        ``(ids, loss_mask, step_ends, problems, solutions)``: ``(batch, length)`` ids
+        (longer examples are truncated), a mask that is 1 on the solution's tokens (the
+        targets), ``(batch, length)`` labels at each solution line's newline (1 correct
+        prefix, 0 wrong, -1 elsewhere).
     """
-    ids = np.full((batch, length), PAD_ID, np.int32)
-    loss_mask = np.zeros((batch, length), np.float32)
-    step_ends = np.full((batch, length), -1, np.int32)
-    problems, solutions = [], []
-    for row in range(batch):
-        problem = tasks.generate(rng, int(rng.integers(1, max_difficulty + 1)))
-        solution = tasks.noisy_solution(rng, problem, slip_scale=slip_scale)
-        prompt_ids, solution_ids = encode(problem.prompt), encode(solution) + [EOS_ID]
-        row_ids = (prompt_ids + solution_ids)[:length]
-        ids[row, : len(row_ids)] = row_ids
-        loss_mask[row, len(prompt_ids) : len(row_ids)] = 1.0
-        position = len(prompt_ids) - 1
-        for label, line in zip(
-            tasks.step_labels(problem, solution), solution.split("\n"), strict=False
-        ):
-            position += len(line) + 1
-            if position < length:
-                step_ends[row, position] = int(label)
-        problems.append(problem)
-        solutions.append(solution)
-    return ids, loss_mask, step_ends, problems, solutions
+    examples = [
+        _example(rng, max_difficulty=max_difficulty, slip_scale=slip_scale, slip_rate=slip_rate)
+        for _ in range(batch)
+    ]
+    return (
+        *_pad(examples, length),
+        [e[3] for e in examples],
+        [e[4] for e in examples],
+    )
+
+
+def bucketed_batches(
+    rng: np.random.Generator,
+    batch: int,
+    *,
+    num_batches: int,
+    buckets: tuple[int, ...],
+    max_difficulty: int,
+    slip_scale: float = 1.0,
+    slip_rate: float | None = None,
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``num_batches`` batches cut from one pool sorted by length, in random order.
+
+    Most examples are far shorter than the longest, so padding every batch to one length
+    wastes most of the compute. Sorting a pool of ``batch * num_batches`` examples by length
+    groups similar lengths together; each batch is padded to the smallest of ``buckets``
+    that holds its longest example, so a jitted step compiles once per bucket only. Every
+    example still has difficulty uniform in ``1 .. max_difficulty``; only which examples
+    share a batch changes.
+
+    Returns:
+        ``(ids, loss_mask, step_ends)`` per batch, as in :func:`training_batch`.
+    """
+    if batch < 1 or num_batches < 1:
+        raise ValueError(f"Expected batch and num_batches >= 1, got {batch} and {num_batches}.")
+    if not buckets or list(buckets) != sorted(buckets):
+        raise ValueError(f"Expected buckets a non-empty increasing tuple, got {buckets!r}.")
+    examples = sorted(
+        (
+            _example(rng, max_difficulty=max_difficulty, slip_scale=slip_scale, slip_rate=slip_rate)
+            for _ in range(batch * num_batches)
+        ),
+        key=lambda e: len(e[0]),
+    )
+    batches = []
+    for index in range(num_batches):
+        chunk = examples[index * batch : (index + 1) * batch]
+        longest = len(chunk[-1][0])
+        # The largest bucket truncates anything longer (none of the testbed's problems are).
+        length = next((b for b in buckets if b >= longest), buckets[-1])
+        batches.append(_pad(chunk, length))
+    return [batches[i] for i in rng.permutation(num_batches)]

@@ -48,11 +48,16 @@ class LearnedPRM(eqx.Module):
     head_weight: Float[Array, " hidden"]
     head_bias: Float[Array, ""]
 
-    def logits(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch length"]:
-        """Correctness logit of the prefix ending at each position (read it at newlines)."""
+    def logits(
+        self, token_ids: Int[Array, "batch length"], *, unroll: bool = False
+    ) -> Float[Array, "batch length"]:
+        """Correctness logit of the prefix ending at each position (read it at newlines).
+
+        ``unroll`` unrolls the loop over layers (as in ``Qwen2.hidden``; used in training).
+        """
         batch, length = token_ids.shape
         positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-        hidden, _ = self.body.hidden(token_ids, positions, None, None)
+        hidden, _ = self.body.hidden(token_ids, positions, None, None, unroll=unroll)
         return (hidden @ self.head_weight + self.head_bias).astype(jnp.float32)
 
     def step_scores(self, problem: tasks.Problem, trace: str) -> np.ndarray:

@@ -7,6 +7,7 @@ import pytest
 def gpt2_dir(tmp_path_factory):
     import torch
     import transformers
+
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         vocab_size=61,
@@ -27,6 +28,7 @@ def gpt2_dir(tmp_path_factory):
 def qwen2_dir(tmp_path_factory):
     import torch
     import transformers
+
     torch.manual_seed(1)
     config = transformers.Qwen2Config(
         vocab_size=67,
