@@ -43,11 +43,11 @@ def write(
     new: Float[Array, "batch chunk heads dim"],
     write_slots: Int[Array, "batch chunk"],
 ) -> Float[Array, "batch slots heads dim"]:
-    """Scatters ``new`` into ``buffer`` at per-row slots; out-of-range slots are dropped."""
-    if new.shape[1] == 1:
-        # One token per row (decoding): a select is much cheaper than a scatter on CPU.
-        hit = jnp.arange(buffer.shape[1])[None, :] == write_slots
-        return jnp.where(hit[:, :, None, None], new.astype(buffer.dtype), buffer)
+    """Scatters ``new`` into ``buffer`` at per-row slots; out-of-range slots are dropped.
+
+    A scatter also for one token per row: a select over all slots rewrote the whole buffer at
+    every decoding step (batch-16 sampling 2.4x slower on CPU).
+    """
     rows = jnp.arange(buffer.shape[0])[:, None]
     return buffer.at[rows, write_slots].set(new.astype(buffer.dtype), mode="drop")
 
