@@ -68,10 +68,6 @@ def run_worker(
     """
     full_env = dict(os.environ)
     full_env.update(env or {})
-    # `import ppl` sets this XLA flag (ppl/config.py); give every contender the same one.
-    flags = full_env.get("XLA_FLAGS", "")
-    if "xla_cpu_multi_thread_eigen" not in flags:
-        full_env["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     start = time.perf_counter()
     proc = subprocess.run(

@@ -5,14 +5,11 @@ through :func:`ppl.infer`, and check the answer with :mod:`ppl.diagnostics`.
 """
 
 from ppl import config as _config
-
-_config.avoid_cpu_thread_pool_hang()  # before anything starts JAX's backends
-
-from ppl.infer import infer  # noqa: E402
-from ppl.model import AbstractModel, LogDensityModel, from_logdensity  # noqa: E402
-from ppl.numpyro_model import NumPyroModel, from_numpyro  # noqa: E402
-from ppl.posterior import Posterior, load  # noqa: E402
-from ppl.registry import available_engines, register_engine  # noqa: E402
+from ppl.infer import infer
+from ppl.model import AbstractModel, LogDensityModel, from_logdensity
+from ppl.numpyro_model import NumPyroModel, from_numpyro
+from ppl.posterior import Posterior, load
+from ppl.registry import available_engines, register_engine
 
 Model = AbstractModel
 

@@ -1,24 +1,14 @@
-"""Process-wide settings ppl applies on import: a CPU thread-pool flag and JAX's
-persistent compilation cache.
+"""Process-wide settings ppl applies on import: JAX's persistent compilation cache.
 
-**The CPU thread pool.** jaxlib 0.10.2 on CPU can wedge while materialising the result of a
-large vmapped program: every thread sits idle in ``BlockUntilReady`` and the process never
-returns. ppl saw it twice on a vmapped gradient of the posteriordb gp_pois_regr model (10,000
-draws, a Cholesky factorisation inside), once with the persistent cache on and once with it
-off, and could not reproduce it in 13 isolated runs. The same symptom is reported for vmap
-graphs elsewhere, cache on or off, and it went away with XLA's multi-threaded Eigen pool
-turned off (PyAutoLabs/PyAutoFit#1528: 0 hangs in 12 runs against 14 in 16). So ``import
-ppl`` appends ``--xla_cpu_multi_thread_eigen=false`` to ``XLA_FLAGS`` -- only when JAX has not
-started its backends yet (the flag is read then), when ``XLA_FLAGS`` does not already set
-it, and unless ``PPL_XLA_CPU_EIGEN_THREADS=1``. It affects the CPU only (XLA's own
-parallelism over fusions and over vmapped chains stays), and costs nothing measurable on
-ppl's benchmarks on 2 cores.
+Compilation is what users wait for on a CPU, and JAX's persistent cache removes most of it
+from a second process (bench/results/nuts_cpu_final.md). It is on by default in a user cache
+directory; ``PPL_COMPILATION_CACHE=0`` turns it off, ``PPL_CACHE_DIR`` moves it, and an
+explicit ``JAX_COMPILATION_CACHE_DIR`` (read by JAX itself) always wins.
 
-**The compilation cache.** Compilation is what users wait for on a CPU, and JAX's persistent
-cache removes most of it from a second process (bench/results/nuts_cpu_final.md). It is on
-by default in a user cache directory; ``PPL_COMPILATION_CACHE=0`` turns it off,
-``PPL_CACHE_DIR`` moves it, and an explicit ``JAX_COMPILATION_CACHE_DIR`` (read by JAX
-itself) always wins.
+The cache is not implicated in the intermittent XLA CPU hang seen on a vmapped gp_pois_regr
+gradient (tests/models/test_posteriordb_models.py): it hung with the cache off, and with a
+fresh, empty one. Nor is XLA's Eigen thread pool: it hung with
+``--xla_cpu_multi_thread_eigen=false`` too, the cure reported for a similar hang elsewhere.
 """
 
 from __future__ import annotations
@@ -28,32 +18,7 @@ from pathlib import Path
 
 import jax
 
-__all__ = ["enable_compilation_cache", "cache_dir", "avoid_cpu_thread_pool_hang",
-           "CPU_THREAD_POOL_FLAG"]
-
-CPU_THREAD_POOL_FLAG = "--xla_cpu_multi_thread_eigen=false"
-
-
-def _backends_started() -> bool:
-    from jax._src import xla_bridge
-
-    return bool(getattr(xla_bridge, "_backends", None))
-
-
-def avoid_cpu_thread_pool_hang() -> bool:
-    """Append :data:`CPU_THREAD_POOL_FLAG` to ``XLA_FLAGS`` (see the module docstring).
-
-    Returns whether the flag was added: not when ``PPL_XLA_CPU_EIGEN_THREADS=1``, when
-    ``XLA_FLAGS`` already mentions ``xla_cpu_multi_thread_eigen``, or when JAX's backends
-    are already running (too late for the flag to be read).
-    """
-    if os.environ.get("PPL_XLA_CPU_EIGEN_THREADS", "0") == "1":
-        return False
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_cpu_multi_thread_eigen" in flags or _backends_started():
-        return False
-    os.environ["XLA_FLAGS"] = f"{flags} {CPU_THREAD_POOL_FLAG}".strip()
-    return True
+__all__ = ["enable_compilation_cache", "cache_dir"]
 
 
 def cache_dir() -> Path:
