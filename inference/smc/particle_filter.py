@@ -346,14 +346,22 @@ def log_likelihood_estimate(
     close over traced parameters. Unlike :func:`particle_filter` it runs no host-side
     checks of the weights: a collapsed filter returns ``-inf``, a NaN log-potential NaN.
     """
+    settings = _checked_settings(num_particles, resampling, ess_threshold, prng_impl,
+                                 store_history=False, store_moments=False)
+    observations = jax.tree_util.tree_map(jnp.asarray, observations)
+    return _filter_core(key, ssm, None, observations, None, settings)["log_likelihood"]
+
+
+def _checked_settings(num_particles, resampling, ess_threshold, prng_impl, *, store_history,
+                      store_moments) -> _Settings:
+    """Validated filter settings (clear errors naming the argument)."""
     num_particles = base.check_num_particles(num_particles)
     ess_threshold = base.check_ess_threshold(ess_threshold)
     get_resampler(resampling)
     if prng_impl is not None and prng_impl not in PRNG_IMPLS:
         raise ValueError(f"Expected prng_impl None or one of {PRNG_IMPLS}, got {prng_impl!r}.")
-    settings = _Settings(num_particles, resampling, ess_threshold, False, prng_impl, False)
-    observations = jax.tree_util.tree_map(jnp.asarray, observations)
-    return _filter_core(key, ssm, None, observations, None, settings)["log_likelihood"]
+    return _Settings(num_particles, resampling, ess_threshold, bool(store_history), prng_impl,
+                     bool(store_moments))
 
 
 def _check_observations(observations):
@@ -425,19 +433,14 @@ def _filter(key, ssm, observations, reference, *, num_particles, resampling, ess
             proposal, store_history, prng_impl, store_moments=True):
     if not isinstance(ssm, StateSpaceModel):
         raise TypeError(f"Expected a smc.StateSpaceModel, got {type(ssm).__name__}.")
-    num_particles = base.check_num_particles(num_particles)
-    ess_threshold = base.check_ess_threshold(ess_threshold)
-    get_resampler(resampling)
+    settings = _checked_settings(num_particles, resampling, ess_threshold, prng_impl,
+                                 store_history=store_history, store_moments=store_moments)
     if proposal is not None and (ssm.log_initial is None or ssm.log_transition is None):
         raise ValueError(
             "Expected a StateSpaceModel with log_initial and log_transition for a guided "
             "filter (the weights need f_t / q_t), got None."
         )
     observations = _check_observations(observations)
-    if prng_impl is not None and prng_impl not in PRNG_IMPLS:
-        raise ValueError(f"Expected prng_impl None or one of {PRNG_IMPLS}, got {prng_impl!r}.")
-    settings = _Settings(num_particles, resampling, ess_threshold, store_history, prng_impl,
-                         bool(store_moments))
     start = time.perf_counter()
     out = _run_filter(key, ssm, proposal, observations, reference, settings)
     out = jax.block_until_ready(out)
