@@ -39,7 +39,8 @@ def weighted_moment_z(x, log_w, mean, sd):
 def funnel_fit():
     model = models.get("funnel").build()
     result = flow_vi.fit(jax.random.key(0), model, progress_bar=False)
-    post = result.posterior(jax.random.key(1), model, num_draws=4000, warn=False)
+    post = result.posterior(jax.random.key(1), model, num_draws=4000, warn=False,
+                            importance_resample=False)
     return model, result, post
 
 
