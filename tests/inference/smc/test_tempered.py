@@ -167,8 +167,12 @@ def test_correlated_25d_gaussian_evidence_with_dense_population_mass():
         sample_prior_fn=lambda key, n: jax.random.normal(key, (n, dim)),
     )
     log_z = stats.multivariate_normal(np.zeros(dim), np.eye(dim) + cov).logpdf(y)
+    # Default HMC moves (trajectory of 1.5 in whitened units). The earlier fixed 4 leapfrog
+    # steps with at most 3 moves, about half a period of this Gaussian, barely decorrelated
+    # the particles: log Z sd 0.36 and a heavy right tail on the exp scale, which made this
+    # check pass or fail with the seeds.
     runs = [ppl.infer(model, "smc", key=i, num_particles=400, kernel="hmc",
-                      num_integration_steps=4, max_mcmc_steps=3, progress_bar=False)
+                      progress_bar=False)
             for i in range(8)]
     assert runs[0].meta["settings"]["dense_mass"]
     assert _evidence_z([p.log_evidence for p in runs], log_z) < Z_CRIT
