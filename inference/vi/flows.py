@@ -34,6 +34,7 @@ from flowjax.flows import (
     planar_flow,
 )
 from jaxtyping import Array, Float
+from ppl.prng import same_streams_fused
 
 __all__ = ["FLOW_KINDS", "make_flow", "Whiten", "Laplace", "laplace_approximation",
            "prior_whitening", "whitened_flow"]
@@ -68,7 +69,9 @@ def make_flow(
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"Expected dim to be a positive integer, got {dim!r}.")
     settings = (dim, kind, int(num_layers), int(width), int(depth), int(knots), float(interval))
-    flow = _make_flow(key, *settings)
+    # flowjax initialises eagerly, one compiled program per parameter shape; the same random
+    # numbers from fused programs compile 2.5x faster (a cold process's biggest fixed cost).
+    flow = _make_flow(same_streams_fused(key), *settings)
     # flowjax flows carry per-instance closures as static leaves; reuse one static part per
     # architecture so that compiled training/sampling programs are not rebuilt per flow.
     params, static = eqx.partition(flow, eqx.is_array)

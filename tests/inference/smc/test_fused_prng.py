@@ -61,3 +61,43 @@ def test_filter_reproducible_and_options():
     assert np.isfinite(float(res.log_likelihood))
     with pytest.raises(ValueError, match="prng_impl"):
         smc.particle_filter(jax.random.key(4), ssm, y, num_particles=300, prng_impl="mt19937")
+
+
+def test_same_streams_variant_gives_jax_numbers():
+    key = jax.random.key(7)
+    fused = prng.same_streams_fused(key)
+    assert str(jax.random.key_impl(fused)) != str(jax.random.key_impl(key))
+    draws = [
+        lambda k: jax.random.bits(k, (5, 3)),
+        lambda k: jax.random.bits(k, (4,), jnp.uint8),
+        lambda k: jax.random.normal(k, (1001,)),
+        lambda k: jax.random.uniform(k, (3, 2)),
+        lambda k: jax.random.key_data(jax.random.split(k, (2, 3))),
+        lambda k: jax.random.key_data(jax.random.fold_in(k, 12345)),
+        lambda k: jax.random.normal(jax.random.split(jax.random.fold_in(k, 3), 4)[2], (9,)),
+        lambda k: jax.random.permutation(k, 10),
+    ]
+    for draw in draws:
+        assert np.array_equal(np.asarray(draw(key)), np.asarray(draw(fused)))
+    # A legacy raw key maps to the same numbers; another generator is left alone.
+    raw = jax.random.PRNGKey(7)
+    assert np.array_equal(np.asarray(jax.random.normal(raw, (6,))),
+                          np.asarray(jax.random.normal(prng.same_streams_fused(raw), (6,))))
+    rbg = jax.random.key(7, impl="rbg")
+    assert prng.same_streams_fused(rbg) is rbg
+    # Negative control: the fast re-keyed generator gives other numbers.
+    other = prng.as_fast_key(key, "threefry_fused")
+    assert not np.array_equal(np.asarray(jax.random.normal(key, (8,))),
+                              np.asarray(jax.random.normal(other, (8,))))
+
+
+def test_flow_initialisation_unchanged_by_fused_keys():
+    import equinox as eqx
+    from ppl.inference.vi import flows
+
+    key = jax.random.key(1)
+    fast = flows.make_flow(key, 3, num_layers=2, width=8)
+    plain = flows._make_flow(key, 3, "maf", 2, 8, 1, 8, 4.0)
+    leaves = lambda f: jax.tree_util.tree_leaves(eqx.filter(f, eqx.is_inexact_array))  # noqa: E731
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(leaves(fast), leaves(plain), strict=True))
