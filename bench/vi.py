@@ -1,19 +1,27 @@
 """Flow VI side by side: ppl flow VI vs flowjax used directly vs NumPyro AutoIAFNormal /
 AutoBNAFNormal, on Neal's funnel (2-D, 10-D) and eight schools (non-centred): final ELBO,
-PSIS k-hat and wall time (first call, compilation included), all from 4000 fresh draws.
+PSIS k-hat and wall time, all from 4000 fresh draws. Every row runs in a fresh Python process
+with the persistent compilation cache off: "cold" is the first call there (compilation
+included), "warm" a second identical call in the same process. (Run one after another in one
+process, later rows reused the earlier rows' compiled eager operations: flowjax's MAF
+construction is the same program in ppl and flowjax, and the row that ran first paid for it.)
 With ``--posteriordb``: ppl flow VI with default settings on the nine posteriordb dev
 posteriors against their reference draws (max |dmean| / ref sd, max |sd ratio - 1|, k-hat,
 wall time). Writes bench/results/vi.json and vi.md (rows of a partial run replace the
 matching rows already there). Coin vs SVGD: see bench/coin_paper.py.
 
-Run: .venv/bin/python bench/vi.py [--quick] [--models "funnel 10-D" ...] [--posteriordb]
+Run: .venv/bin/python bench/vi.py [--quick] [--models "funnel 10-D" ...] [--methods ...]
+[--posteriordb]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
+import subprocess
+import sys
 import time
 
 import jax
@@ -54,18 +62,18 @@ def _diag(model, z, log_q):
     return {"elbo": d.elbo, "khat": d.khat, "log_evidence": d.log_evidence}
 
 
-def run_ppl(model, steps):
+def run_ppl(model, steps, seed=0):
     t = time.perf_counter()
-    result = flow_vi.fit(jax.random.key(0), model, num_steps=steps, convergence_tol=None,
+    result = flow_vi.fit(jax.random.key(seed), model, num_steps=steps, convergence_tol=None,
                          progress_bar=False)
     wall = time.perf_counter() - t
     z, log_q = result.flow.sample_and_log_prob(jax.random.key(9), (4000,))
     return {**_diag(model, z, log_q), "wall_time": wall, "whitening": result.whitening}
 
 
-def run_ppl_defaults(model):
+def run_ppl_defaults(model, seed=0):
     t = time.perf_counter()
-    result = flow_vi.fit(jax.random.key(0), model, progress_bar=False)
+    result = flow_vi.fit(jax.random.key(seed), model, progress_bar=False)
     wall = time.perf_counter() - t
     z, log_q = result.flow.sample_and_log_prob(jax.random.key(9), (4000,))
     return {**_diag(model, z, log_q), "wall_time": wall, "whitening": result.whitening,
@@ -95,37 +103,38 @@ def run_posteriordb(name):
             "wall_time": wall, "passes": bool(z.max() < 0.2 and r.max() < 0.2)}
 
 
-def run_flowjax(model, steps):
+def run_flowjax(model, steps, seed=0):
     from flowjax.distributions import StandardNormal
     from flowjax.flows import masked_autoregressive_flow
     from flowjax.train import fit_to_key_based_loss
     from flowjax.train.losses import ElboLoss
 
     t = time.perf_counter()
-    flow = masked_autoregressive_flow(jax.random.key(0), base_dist=StandardNormal((model.dim,)),
+    flow = masked_autoregressive_flow(jax.random.key(seed), base_dist=StandardNormal((model.dim,)),
                                       flow_layers=4, nn_width=32, invert=False)
     log_density = jax.jit(lambda z: model.log_density(z))
     loss = ElboLoss(log_density, num_samples=16)
-    flow, _ = fit_to_key_based_loss(jax.random.key(1), flow, loss_fn=loss, steps=steps,
+    flow, _ = fit_to_key_based_loss(jax.random.key(1000 + seed), flow, loss_fn=loss, steps=steps,
                                     learning_rate=3e-3, show_progress=False)
     wall = time.perf_counter() - t
     z, log_q = flow.sample_and_log_prob(jax.random.key(9), (4000,))
     return {**_diag(model, z, log_q), "wall_time": wall}
 
 
-def run_numpyro(model_fn, kwargs, model, steps, guide_cls):
+def run_numpyro(model_fn, kwargs, model, steps, guide_cls, seed=0):
     from numpyro.infer import SVI, Trace_ELBO
 
     t = time.perf_counter()
     guide = guide_cls(model_fn)
     svi = SVI(model_fn, guide, numpyro.optim.Adam(3e-3), Trace_ELBO(num_particles=16))
-    result = svi.run(jax.random.key(0), steps, progress_bar=False, **kwargs)
+    result = svi.run(jax.random.key(seed), steps, progress_bar=False, **kwargs)
     wall = time.perf_counter() - t
     transform = guide.get_transform(result.params)
     base = guide.get_base_dist()
     eps = base.sample(jax.random.key(9), (4000,))
     z = jax.vmap(transform)(eps)
-    log_q = base.log_prob(eps) - jax.vmap(lambda e: transform.log_abs_det_jacobian(e, transform(e)))(eps)
+    log_det = jax.vmap(lambda e: transform.log_abs_det_jacobian(e, transform(e)))(eps)
+    log_q = base.log_prob(eps) - log_det
     return {**_diag(model, z, log_q), "wall_time": wall}
 
 
@@ -135,9 +144,59 @@ POSTERIORDB = ["arK-arK", "diamonds-diamonds", "eight_schools-eight_schools_cent
                "kidiq-kidscore_momiq", "low_dim_gauss_mix-low_dim_gauss_mix"]
 
 
-def main(argv=None):
+CASES = {"funnel 2-D": (lambda: funnel(2), {}), "funnel 10-D": (lambda: funnel(10), {}),
+         "eight schools": (lambda: eight_schools, SCHOOLS)}
+METHODS = ("ppl flow_vi (MAF, auto whitening)", "ppl flow_vi defaults (up to 4000 steps)",
+           "flowjax MAF direct", "numpyro AutoIAFNormal", "numpyro AutoBNAFNormal")
+
+
+def run_case(name, method, steps, seed):
+    """One run, in this process: metrics of the first call, its wall time, and the wall time
+    of a second identical call."""
     from numpyro.infer.autoguide import AutoBNAFNormal, AutoIAFNormal
 
+    model_fn, kwargs = CASES[name][0](), CASES[name][1]
+    model = ppl.from_numpyro(model_fn, **kwargs)
+    fn = {
+        METHODS[0]: lambda: run_ppl(model, steps, seed),
+        METHODS[1]: lambda: run_ppl_defaults(model, seed),
+        METHODS[2]: lambda: run_flowjax(model, steps, seed),
+        METHODS[3]: lambda: run_numpyro(model_fn, kwargs, model, steps, AutoIAFNormal, seed),
+        METHODS[4]: lambda: run_numpyro(model_fn, kwargs, model, steps, AutoBNAFNormal, seed),
+    }[method]
+    first = fn()
+    return {**first, "warm_time": fn()["wall_time"]}
+
+
+def _run_isolated(name, method, steps, seed):
+    """``run_case`` in a fresh interpreter with the persistent compilation cache off."""
+    env = {**os.environ, "PPL_COMPILATION_CACHE": "0"}
+    command = [sys.executable, __file__, "--worker", name, method, "--steps", str(steps),
+               "--seed", str(seed)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:  # a library failing on a model is a result too
+        return {"model": name, "method": method,
+                "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]}
+    return {"model": name, "method": method, **json.loads(lines[-1])}
+
+
+def _summary_row(runs):
+    """Mean ELBO and its sd over seeds, median k-hat and wall times."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[0]
+    row = dict(ok[0])
+    elbos = [r["elbo"] for r in ok]
+    row.update(elbo=float(np.mean(elbos)), elbo_sd=float(np.std(elbos)),
+               khat=float(np.median([r["khat"] for r in ok])),
+               khat_max=float(np.max([r["khat"] for r in ok])), seeds=len(ok),
+               wall_time=float(np.median([r["wall_time"] for r in ok])),
+               warm_time=float(np.median([r["warm_time"] for r in ok])))
+    return row
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", nargs="*", default=None,
@@ -146,8 +205,21 @@ def main(argv=None):
                         help="side-by-side methods to run (default: all)")
     parser.add_argument("--posteriordb", nargs="*", default=None,
                         help="run the posteriordb table (all nine, or the names given)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds per side-by-side row, each in a fresh process")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "METHOD"),
+                        help=argparse.SUPPRESS)  # one row, printed as JSON (internal)
+    parser.add_argument("--steps", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    steps = 500 if args.quick else 2000
+    steps = args.steps or (500 if args.quick else 2000)
+    if args.worker:
+        try:
+            row = run_case(*args.worker, steps, args.seed)
+        except Exception as error:  # a library failing on a model is a result too
+            row = {"error": repr(error)[:200]}
+        print(json.dumps(row), flush=True)
+        return None
     previous = json.loads((RESULTS / "vi.json").read_text()) if (RESULTS / "vi.json").exists() \
         else {}
     rows, pdb_rows = previous.get("rows", []), previous.get("posteriordb", [])
@@ -162,30 +234,23 @@ def main(argv=None):
             _write(rows, pdb_rows, steps)
         if args.models is None:
             return
-    cases = {"funnel 2-D": (funnel(2), {}), "funnel 10-D": (funnel(10), {}),
-             "eight schools": (eight_schools, SCHOOLS)}
-    for name, (model_fn, kwargs) in cases.items():
+    for name in CASES:
         if args.models and name not in args.models:
             continue
-        model = ppl.from_numpyro(model_fn, **kwargs)
-        runs = {
-            "ppl flow_vi (MAF, auto whitening)": lambda: run_ppl(model, steps),
-            "ppl flow_vi defaults (up to 4000 steps)": lambda: run_ppl_defaults(model),
-            "flowjax MAF direct": lambda: run_flowjax(model, steps),
-            "numpyro AutoIAFNormal": lambda: run_numpyro(model_fn, kwargs, model, steps, AutoIAFNormal),
-            "numpyro AutoBNAFNormal": lambda: run_numpyro(model_fn, kwargs, model, steps, AutoBNAFNormal),
-        }
-        for method, fn in runs.items():
-            if args.methods and method not in args.methods:
-                continue
-            try:
-                row = {"model": name, "method": method, **fn()}
-            except Exception as error:  # a library failing on a model is a result too
-                row = {"model": name, "method": method, "error": repr(error)[:200]}
+        methods = [m for m in METHODS if not args.methods or m in args.methods]
+        # Repetitions (seeds 0, 1, ...) alternate between the methods, so that a change of
+        # load on the shared machine hits them alike; ELBOs vary with the seed as much as
+        # between methods, so they are averaged too.
+        runs = {m: [] for m in methods}
+        for seed in range(args.seeds):
+            for method in methods:
+                runs[method].append(_run_isolated(name, method, steps, seed))
+        for method in methods:
+            row = _summary_row(runs[method])
             keep = [r for r in rows if (r["model"], r["method"]) != (name, method)
                     and r["method"] != "ppl flow_vi (MAF, whitened)"]  # the old name
             rows = keep + [row]
-            rows.sort(key=lambda r: list(cases).index(r["model"]) if r["model"] in cases else 99)
+            rows.sort(key=lambda r: list(CASES).index(r["model"]) if r["model"] in CASES else 99)
             print(json.dumps(row), flush=True)
             _write(rows, pdb_rows, steps)
 
@@ -194,13 +259,17 @@ def _write(rows, pdb_rows, steps):
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "vi.json").write_text(json.dumps(
         {"steps": steps, "rows": rows, "posteriordb": pdb_rows}, indent=1))
-    lines = ["| model | method | ELBO | k-hat | wall time (s) |", "|---|---|---|---|---|"]
+    lines = ["| model | method | seeds | ELBO (mean ± sd) | k-hat (median, max) | cold (s) "
+             "| warm (s) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['method']} | error | | |")
+            lines.append(f"| {r['model']} | {r['method']} | | error: {r['error'][:80]} | | | |")
         else:
-            lines.append(f"| {r['model']} | {r['method']} | {r['elbo']:.3f} | {r['khat']:.2f} "
-                         f"| {r['wall_time']:.1f} |")
+            lines.append(
+                f"| {r['model']} | {r['method']} | {r.get('seeds', 1)} "
+                f"| {r['elbo']:.3f} ± {r.get('elbo_sd', 0.0):.3f} "
+                f"| {r['khat']:.2f}, {r.get('khat_max', r['khat']):.2f} "
+                f"| {r['wall_time']:.1f} | {r['warm_time']:.2f} |")
     pdb = ["| posterior | dim | max abs(dmean)/sd | max abs(sd ratio - 1) | k-hat | whitening "
            "| steps | wall time (s) | passes |", "|---|---|---|---|---|---|---|---|---|"]
     for r in pdb_rows:
@@ -214,8 +283,11 @@ def _write(rows, pdb_rows, steps):
                 f"| {'yes' if r['passes'] else 'no'} |")
     (RESULTS / "vi.md").write_text(
         f"Flow VI, {steps} steps, 16 draws per ELBO estimate; ELBO and k-hat from 4000 fresh "
-        "draws (log Z = 0 for the funnels). Wall time includes compilation; 2 shared CPU "
-        "cores.\n\n" + "\n".join(lines) + "\n\n"
+        "draws (log Z = 0 for the funnels), one run per seed. Every run in a fresh process "
+        "with the persistent compilation cache off, the methods alternating: cold = first "
+        "call (compilation included), warm = a second identical call, medians over seeds; 2 "
+        f"shared CPU cores, load average {os.getloadavg()[0]:.1f} at the end of the run.\n\n"
+        + "\n".join(lines) + "\n\n"
         "## posteriordb dev posteriors, flow VI with default settings\n\n"
         "`ppl.infer(model, \"flow_vi\", key=0)`, 2000 draws from q; criterion (issue 5): "
         "abs(dmean) < 0.2 reference sd and sd within 20% for every flat parameter.\n\n"

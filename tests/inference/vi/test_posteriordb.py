@@ -14,9 +14,12 @@ its time budget:
 - eight_schools-eight_schools_centered: no proper mode (the density grows without bound as
   tau -> 0), so the default falls back from the Laplace whitening to the prior scale.
 - garch-garch11: flat (improper) priors on constrained, dependent supports.
+- gp_pois_regr-gp_pois_regr: the reverse-KL fit is under-dispersed in the GP
+  hyperparameters (plain draws from q: the sd of alpha 15-25% low over seeds); the default
+  PSIS resampling of the draws must correct it.
 
 Not tested here (time), but in the table: diamonds, hmm_example and low_dim_gauss_mix
-(pass), gp_pois_regr (fails: the sd of alpha is about 25-30% low).
+(pass).
 
 Negative control: the same criterion rejects reference draws shifted by 0.3 sd or shrunk
 to 75% of their spread.
@@ -30,7 +33,7 @@ import ppl
 from ppl import models
 
 TESTED = ["kidiq-kidscore_momiq", "eight_schools-eight_schools_noncentered", "arK-arK",
-          "eight_schools-eight_schools_centered", "garch-garch11"]
+          "eight_schools-eight_schools_centered", "garch-garch11", "gp_pois_regr-gp_pois_regr"]
 
 
 def criterion(draws, reference):
