@@ -97,7 +97,7 @@ class TransformerTokenModel(AbstractTokenModel):
         _check_rank("tokens", tokens, 2)
         batch, chunk = tokens.shape
         num_valid = jnp.broadcast_to(jnp.asarray(num_valid, jnp.int32), (batch,))
-        max_length = state.cache.keys.shape[2]
+        max_length = state.cache.num_slots
         num_valid = eqx.error_if(
             num_valid,
             (num_valid < 0) | (num_valid > chunk) | (state.lengths + num_valid > max_length),
@@ -140,7 +140,7 @@ class TransformerTokenModel(AbstractTokenModel):
         stop_ids = jnp.asarray(stop_ids, jnp.int32).reshape(-1)
         end_ids = jnp.asarray(self.end_ids or (-1,), jnp.int32)
         batch = state.lengths.shape[0]
-        max_length = state.cache.keys.shape[2]
+        max_length = state.cache.num_slots
         zeros = jnp.zeros((batch, max_new_tokens))
         init = (
             jnp.int32(0),
@@ -189,7 +189,7 @@ class TransformerTokenModel(AbstractTokenModel):
     def reorder(self, state: TokenState, ancestors: Int[Array, " batch"]) -> TokenState:
         ancestors = jnp.asarray(ancestors)
         _check_rank("ancestors", ancestors, 1)
-        cache = jax.tree.map(lambda x: jnp.take(x, ancestors, axis=1), state.cache)
+        cache = jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), state.cache)
         return TokenState(
             cache=cache,
             lengths=state.lengths[ancestors],

@@ -2,7 +2,7 @@
 
 Learned position embeddings, pre-LayerNorm blocks, fused q/k/v projection, GELU MLP and the
 output head tied to the token embeddings, matching Hugging Face ``GPT2LMHeadModel``. Layer
-weights are stacked on a leading axis and run under ``lax.scan``.
+weights are stacked on a leading axis; ``layers.run_layers`` runs them.
 """
 
 from __future__ import annotations
@@ -131,23 +131,20 @@ class GPT2(eqx.Module):
         x = self.wte[token_ids] + self.wpe[jnp.minimum(positions, c.n_positions - 1)]
 
         def layer(x, inputs):
-            p, keys, values = inputs
+            p, layer_cache = inputs
             h = L.layer_norm(x, p["ln_1_w"], p["ln_1_b"], c.layer_norm_epsilon)
             q, k, v = jnp.split(h @ p["qkv_w"] + p["qkv_b"], 3, axis=-1)
             q = q.reshape(batch, chunk, heads, head_dim)
             k = k.reshape(batch, chunk, heads, head_dim)
             v = v.reshape(batch, chunk, heads, head_dim)
-            if keys is None:
-                keys, values = k, v
-            else:
-                keys, values = L.write(keys, k, write_slots), L.write(values, v, write_slots)
-            attn = L.attend(q, keys, values, positions).reshape(batch, chunk, -1)
+            attn, layer_cache = L.self_attention(q, k, v, positions, layer_cache, write_slots)
+            attn = attn.reshape(batch, chunk, -1)
             x = x + attn @ p["proj_w"] + p["proj_b"]
             h = L.layer_norm(x, p["ln_2_w"], p["ln_2_b"], c.layer_norm_epsilon)
             h = jax.nn.gelu(h @ p["fc_w"] + p["fc_b"], approximate=c.tanh_gelu)
-            return x + h @ p["out_w"] + p["out_b"], (keys, values)
+            return x + h @ p["out_w"] + p["out_b"], layer_cache
 
-        x, new_cache = L.scan_layers(layer, x, self.layers, cache)
+        x, new_cache = L.run_layers(layer, x, self.layers, cache)
         return L.layer_norm(x, self.ln_f_w, self.ln_f_b, c.layer_norm_epsilon), new_cache
 
     def __call__(self, token_ids, positions, cache, write_slots):

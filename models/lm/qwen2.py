@@ -2,8 +2,8 @@
 
 RMSNorm, rotary position embeddings, grouped-query attention with q/k/v biases, a SwiGLU
 MLP and optionally tied input/output embeddings, matching Hugging Face
-``Qwen2ForCausalLM``. Layer weights are stacked on a leading axis and run under
-``lax.scan``, so compile time does not grow with depth.
+``Qwen2ForCausalLM``. Layer weights are stacked on a leading axis; ``layers.run_layers``
+runs them (under ``lax.scan`` without a cache).
 """
 
 from __future__ import annotations
@@ -156,25 +156,21 @@ class Qwen2(eqx.Module):
         x = self.embed[token_ids]
 
         def layer(x, inputs):
-            p, keys, values = inputs
+            p, layer_cache = inputs
             h = L.rms_norm(x, p["input_norm"], c.rms_norm_eps)
             q = (h @ p["q_w"] + p["q_b"]).reshape(batch, chunk, c.num_attention_heads, c.head_dim)
             k = (h @ p["k_w"] + p["k_b"]).reshape(batch, chunk, c.num_key_value_heads, c.head_dim)
             v = (h @ p["v_w"] + p["v_b"]).reshape(batch, chunk, c.num_key_value_heads, c.head_dim)
             q = L.rotary(q, positions, c.rope_theta)
             k = L.rotary(k, positions, c.rope_theta)
-            if keys is None:
-                keys, values = k, v
-            else:
-                keys = L.write(keys, k, write_slots)
-                values = L.write(values, v, write_slots)
-            attn = L.attend(q, keys, values, positions).reshape(batch, chunk, -1)
+            attn, layer_cache = L.self_attention(q, k, v, positions, layer_cache, write_slots)
+            attn = attn.reshape(batch, chunk, -1)
             x = x + attn @ p["o_w"]
             h = L.rms_norm(x, p["post_norm"], c.rms_norm_eps)
             x = x + (jax.nn.silu(h @ p["gate_w"]) * (h @ p["up_w"])) @ p["down_w"]
-            return x, (keys, values)
+            return x, layer_cache
 
-        x, cache = L.scan_layers(layer, x, self.layers, cache, unroll=unroll)
+        x, cache = L.run_layers(layer, x, self.layers, cache, unroll=unroll)
         return L.rms_norm(x, self.norm, c.rms_norm_eps), cache
 
     def __call__(self, token_ids, positions, cache, write_slots, *, unroll: bool = False):

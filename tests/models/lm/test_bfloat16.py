@@ -68,14 +68,15 @@ def test_cached_decoding_runs_in_bfloat16(models):
     rng = np.random.default_rng(1)
     prompts, lengths = rng.integers(0, model16.vocab_size, size=(3, 6)), np.array([6, 2, 4])
     state = model16.init_state(prompts, lengths, 20)
-    assert state.cache.keys.dtype == jnp.bfloat16 and state.cache.values.dtype == jnp.bfloat16
+    buffers = (*state.cache.keys, *state.cache.values)
+    assert buffers and all(buffer.dtype == jnp.bfloat16 for buffer in buffers)
     step = eqx.filter_jit(
         lambda m, k, s: m.sample_step(
             k, s, temperature=1.0, stop_ids=jnp.array([], jnp.int32), max_new_tokens=8
         )
     )
     state, out = step(model16, jax.random.key(0), state)
-    assert state.cache.keys.dtype == jnp.bfloat16
+    assert all(buffer.dtype == jnp.bfloat16 for buffer in (*state.cache.keys, *state.cache.values))
     assert out.base_log_probs.dtype == jnp.float32
     counts = np.asarray(out.num_tokens)
     np.testing.assert_array_equal(np.asarray(state.lengths), lengths + counts)
