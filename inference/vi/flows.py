@@ -129,8 +129,13 @@ class Whiten(AbstractBijection):
         self.shape = loc.shape
         self.loc = loc
         self.matrix = matrix
-        self.inverse_matrix = jnp.linalg.inv(matrix)
-        self.log_det = jnp.linalg.slogdet(matrix)[1]
+        if isinstance(matrix, jax.core.Tracer):
+            self.inverse_matrix = jnp.linalg.inv(matrix)
+            self.log_det = jnp.linalg.slogdet(matrix)[1]
+        else:  # in NumPy: eagerly, jnp would compile two programs per dimension
+            m = np.asarray(matrix, np.float64)
+            self.inverse_matrix = jnp.asarray(np.linalg.inv(m), matrix.dtype)
+            self.log_det = jnp.asarray(np.linalg.slogdet(m)[1], matrix.dtype)
 
     def transform_and_log_det(self, x, condition=None):
         return self.loc + self.matrix @ x, self.log_det
