@@ -114,6 +114,12 @@ def test_importance_resampling_corrects_an_under_dispersed_q():
     assert np.all(z_resampled < 4.0), z_resampled
     assert np.all(z_plain > 4.0), z_plain
     np.testing.assert_allclose(plain.unconstrained[0].std(0), 0.8, rtol=0.05)
+    # Shuffled: duplicates (there are some) do not sit side by side, as systematic
+    # resampling leaves them; an ESS computed along the draws is not fooled.
+    z = resampled.unconstrained[0]
+    num_duplicates = len(z) - len(np.unique(z[:, 0]))
+    num_adjacent = int(np.sum(z[1:, 0] == z[:-1, 0]))
+    assert num_duplicates > 20 and num_adjacent <= 5, (num_duplicates, num_adjacent)
     with pytest.raises(ValueError, match="num_proposals"):
         result.posterior(jax.random.key(0), m, num_draws=4000, num_proposals=100)
 
