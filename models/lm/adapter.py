@@ -4,7 +4,8 @@
 module with the signature ``(token_ids, positions, cache, write_slots) -> (logits, cache)``
 (``gpt2.GPT2``, ``qwen2.Qwen2``). The state is a fixed-size KV cache plus per-row lengths, so
 every call has static shapes: a buffer of ``max_length`` slots is allocated once by
-``init_state`` and rows grow inside it.
+``init_state`` and rows grow inside it, in blocks of ``block_length`` slots, so that sampling
+attends only to the blocks that its rows have reached.
 """
 
 from __future__ import annotations
@@ -24,16 +25,31 @@ def _check_rank(name, x, rank):
         raise ValueError(f"Expected {name} of rank {rank}, got shape {tuple(x.shape)}.")
 
 
+def _argmax(x: Float[Array, "batch vocab"]) -> Int[Array, " batch"]:
+    """``jnp.argmax(x, axis=-1)`` (first maximum; first NaN if any), as a max and a min.
+
+    XLA's CPU backend runs ``argmax`` as a variadic reduction: 1.06 ms against 0.14 ms for this
+    at batch 64 x 2048, a sixth of a decoding step of the benchmark model.
+    """
+    top = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == top) | jnp.isnan(x)
+    return jnp.min(jnp.where(hit, jnp.arange(x.shape[-1]), x.shape[-1]), axis=-1)
+
+
 class TransformerTokenModel(AbstractTokenModel):
     """A transformer behind the adapter.
 
     Attributes:
         transformer: the architecture (``GPT2`` or ``Qwen2``).
         end_ids: token ids that end a sequence (a row that samples one dies).
+        block_length: slots per block of the KV cache. ``sample_step`` attends only to the
+            blocks that hold its rows so far (on average half the cache over a long
+            generation) and compiles its decoding loop once for each block.
     """
 
     transformer: eqx.Module
     end_ids: tuple[int, ...] = eqx.field(static=True, default=())
+    block_length: int = eqx.field(static=True, default=128)
 
     @property
     def vocab_size(self) -> int:
@@ -45,6 +61,7 @@ class TransformerTokenModel(AbstractTokenModel):
             num_layers=t.num_layers,
             batch=batch,
             cache_length=max_length,
+            block_length=self.block_length,
             num_kv_heads=t.num_kv_heads,
             head_dim=t.head_dim,
             dtype=t.dtype,
@@ -98,9 +115,12 @@ class TransformerTokenModel(AbstractTokenModel):
         batch, chunk = tokens.shape
         num_valid = jnp.broadcast_to(jnp.asarray(num_valid, jnp.int32), (batch,))
         max_length = state.cache.num_slots
+        # A row with nothing to add may lie past the cache: sample_step passes the first
+        # blocks of the cache only, with finished rows that are longer.
+        overflow = (num_valid > 0) & (state.lengths + num_valid > max_length)
         num_valid = eqx.error_if(
             num_valid,
-            (num_valid < 0) | (num_valid > chunk) | (state.lengths + num_valid > max_length),
+            (num_valid < 0) | (num_valid > chunk) | overflow,
             "Expected num_valid in 0 .. chunk and within the buffer's max_length",
         )
         steps = jnp.arange(chunk)
@@ -153,20 +173,18 @@ class TransformerTokenModel(AbstractTokenModel):
             jnp.zeros((batch,), jnp.int32),
         )
 
-        def cond(carry):
-            i, _, _, active, *_ = carry
-            return (i < max_new_tokens) & jnp.any(active)
-
         def body(carry):
             i, key, state, active, tokens, base, proposal, num_tokens = carry
             key, subkey = jax.random.split(key)
             log_probs = state.last_log_probs
             if greedy:
-                token = jnp.argmax(log_probs, axis=-1)
+                token = _argmax(log_probs)
                 scaled = jnp.zeros_like(log_probs)
             else:
                 scaled = jax.nn.log_softmax(log_probs / temperature, axis=-1)
-                token = jax.random.categorical(subkey, scaled, axis=-1)
+                # jax.random.categorical, with a faster argmax: the same draws.
+                noise = jax.random.gumbel(subkey, scaled.shape, scaled.dtype)
+                token = _argmax(noise + scaled)
             token = token.astype(jnp.int32)
             pick = lambda lp: jnp.where(
                 active, jnp.take_along_axis(lp, token[:, None], -1)[:, 0], 0.0
@@ -183,7 +201,22 @@ class TransformerTokenModel(AbstractTokenModel):
             active = active & alive & ~jnp.isin(token, stop_ids)
             return i + 1, key, state, active, tokens, base, proposal, num_tokens
 
-        _, _, state, _, tokens, base, proposal, num_tokens = jax.lax.while_loop(cond, body, init)
+        # One loop per block: while every active row fits in the first blocks, attend to those
+        # only. The key is split once per token throughout, so the blocks change no draw.
+        carry = init
+        for num_blocks, end in enumerate(state.cache.block_ends, 1):
+
+            def cond(carry, end=end):
+                i, _, state, active, *_ = carry
+                fits = jnp.all(~active | (state.lengths < end))
+                return (i < max_new_tokens) & jnp.any(active) & fits
+
+            i, key, state, *rest = carry
+            cache = state.cache
+            state = state._replace(cache=cache.prefix(num_blocks))
+            i, key, state, *rest = jax.lax.while_loop(cond, body, (i, key, state, *rest))
+            carry = (i, key, state._replace(cache=cache.with_prefix(state.cache)), *rest)
+        _, _, state, _, tokens, base, proposal, num_tokens = carry
         return state, StepOutput(tokens, base, proposal, num_tokens)
 
     def reorder(self, state: TokenState, ancestors: Int[Array, " batch"]) -> TokenState:

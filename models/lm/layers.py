@@ -4,11 +4,13 @@ Every architecture maps ``(token_ids, positions, cache, write_slots)`` to
 ``(logits, cache)``. New keys and values go to ``write_slots`` (one slot per input token,
 ``cache_length`` for a token that must not be written: scatters drop out-of-range indices);
 a query at position ``p`` attends the slots ``0 .. p``. Since slot index equals position,
-stale values left beyond a row's length are never attended.
+stale values left beyond a row's length are never attended. A cache holding only the first
+blocks of slots (``KVCache.prefix``) is a valid cache too: a call then attends only to those.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -20,31 +22,70 @@ _MASKED = -1e30
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer, one buffer per layer.
+    """Keys and values of every layer, each layer's slots split into blocks.
 
-    Separate buffers rather than one stacked array: attention reads a layer's buffer where
-    it lies, whereas a slice of a stacked array is copied out first on CPU (at batch 64,
-    4 layers x 2 copies of 8.6 MB per decoding step).
+    ``keys[layer][block]`` is a ``(batch, kv_heads, block_slots, head_dim)`` array: head-major,
+    so that each head's keys are contiguous ``(slots, head_dim)`` matrices, and one array per
+    layer and block, so that attention reads them where they lie (slices of a stacked array
+    are copied out first on CPU: at batch 64, 4 layers x 2 copies of 8.6 MB per token) and a
+    prefix of blocks is a cache of its own, free to take (``prefix``).
 
     Attributes:
-        keys: one ``(batch, kv_heads, cache_length, head_dim)`` array per layer; head-major,
-            so that each head's keys are one contiguous ``(slots, head_dim)`` matrix.
+        keys: per layer, a tuple of blocks.
         values: same shapes as ``keys``.
     """
 
-    keys: tuple[Float[Array, "batch kv_heads slots head_dim"], ...]
-    values: tuple[Float[Array, "batch kv_heads slots head_dim"], ...]
+    keys: tuple[tuple[Float[Array, "batch kv_heads block head_dim"], ...], ...]
+    values: tuple[tuple[Float[Array, "batch kv_heads block head_dim"], ...], ...]
+
+    @property
+    def block_ends(self) -> tuple[int, ...]:
+        """The slot after each block: ``(b_0, b_0 + b_1, ...)``."""
+        ends, end = [], 0
+        for block in self.keys[0]:
+            end += block.shape[2]
+            ends.append(end)
+        return tuple(ends)
 
     @property
     def num_slots(self) -> int:
-        return self.keys[0].shape[2]
+        return self.block_ends[-1]
+
+    def prefix(self, num_blocks: int) -> KVCache:
+        """The cache of the first ``num_blocks`` blocks (the same arrays, not copies)."""
+        take = lambda layers: tuple(blocks[:num_blocks] for blocks in layers)  # noqa: E731
+        return KVCache(take(self.keys), take(self.values))
+
+    def with_prefix(self, prefix: KVCache) -> KVCache:
+        """This cache with its first blocks replaced by those of ``prefix``."""
+
+        def merge(layers, new_layers):
+            return tuple(new + old[len(new) :] for old, new in zip(layers, new_layers, strict=True))
+
+        return KVCache(merge(self.keys, prefix.keys), merge(self.values, prefix.values))
 
 
 def empty_cache(
-    *, num_layers: int, batch: int, cache_length: int, num_kv_heads: int, head_dim: int, dtype
+    *,
+    num_layers: int,
+    batch: int,
+    cache_length: int,
+    block_length: int,
+    num_kv_heads: int,
+    head_dim: int,
+    dtype,
 ) -> KVCache:
-    shape = (batch, num_kv_heads, cache_length, head_dim)
-    layers = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))  # noqa: E731
+    """Zeros in blocks of ``block_length`` slots (the last one shorter when it does not divide)."""
+    sizes = [
+        min(block_length, cache_length - start) for start in range(0, cache_length, block_length)
+    ]
+
+    def layers():
+        return tuple(
+            tuple(jnp.zeros((batch, num_kv_heads, n, head_dim), dtype) for n in sizes)
+            for _ in range(num_layers)
+        )
+
     return KVCache(layers(), layers())
 
 
@@ -53,48 +94,77 @@ def self_attention(
     keys: Float[Array, "batch chunk kv_heads dim"],
     values: Float[Array, "batch chunk kv_heads dim"],
     positions: Int[Array, "batch chunk"],
-    cache: tuple[Array, Array] | None,
+    cache: tuple[tuple[Array, ...], tuple[Array, ...]] | None,
     write_slots: Int[Array, "batch chunk"] | None,
-) -> tuple[Float[Array, "batch chunk heads dim"], tuple[Array, Array] | None]:
+) -> tuple[Float[Array, "batch chunk heads dim"], tuple | None]:
     """Writes the chunk's keys and values to one layer's cache, then attends causally over it.
 
     Without a cache (``None``) the chunk attends only to itself. With one (that layer's
-    ``(keys, values)`` buffers), the new keys and values are scattered in at
-    ``[row, head, slot]``; out-of-range slots are dropped.
+    ``(key_blocks, value_blocks)``), the new keys and values are scattered in at
+    ``[row, head, slot]``; slots outside the blocks are dropped.
     """
     if cache is None:
-        to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731
+        to_heads = lambda x: (jnp.swapaxes(x, 1, 2),)  # noqa: E731
         return attend(queries, to_heads(keys), to_heads(values), positions), None
     rows = jnp.arange(keys.shape[0])[:, None]
-    where = (rows, slice(None), write_slots)
-    cache_keys, cache_values = cache
-    cache_keys = cache_keys.at[where].set(keys.astype(cache_keys.dtype), mode="drop")
-    cache_values = cache_values.at[where].set(values.astype(cache_values.dtype), mode="drop")
-    return attend(queries, cache_keys, cache_values, positions), (cache_keys, cache_values)
+    key_blocks, value_blocks, start = [], [], 0
+    for key_block, value_block in zip(*cache, strict=True):
+        size = key_block.shape[2]
+        local = write_slots - start
+        # Negative indices would wrap around; send them out of range, where they are dropped.
+        where = (rows, slice(None), jnp.where(local < 0, size, local))
+        key_blocks.append(key_block.at[where].set(keys.astype(key_block.dtype), mode="drop"))
+        value_blocks.append(
+            value_block.at[where].set(values.astype(value_block.dtype), mode="drop")
+        )
+        start += size
+    out = attend(queries, key_blocks, value_blocks, positions)
+    return out, (tuple(key_blocks), tuple(value_blocks))
 
 
 def attend(
     queries: Float[Array, "batch chunk heads dim"],
-    keys: Float[Array, "batch kv_heads slots dim"],
-    values: Float[Array, "batch kv_heads slots dim"],
+    key_blocks: Sequence[Float[Array, "batch kv_heads block dim"]],
+    value_blocks: Sequence[Float[Array, "batch kv_heads block dim"]],
     positions: Int[Array, "batch chunk"],
 ) -> Float[Array, "batch chunk heads dim"]:
-    """Causal grouped-query attention of ``queries`` over the cache (softmax in float32)."""
+    """Causal grouped-query attention of ``queries`` over consecutive blocks of slots.
+
+    The softmax is taken in float32 over all blocks together.
+    """
     batch, chunk, num_heads, head_dim = queries.shape
-    num_kv_heads = keys.shape[1]
+    num_kv_heads = key_blocks[0].shape[1]
     group = num_heads // num_kv_heads
     q = queries.reshape(batch, chunk, num_kv_heads, group, head_dim)
     # Scores accumulate and come out in float32 whatever the weights' dtype (bfloat16 too).
-    scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
+    scores = jnp.concatenate(
+        [
+            jnp.einsum("btkgd,bksd->bkgts", q, block, preferred_element_type=jnp.float32)
+            for block in key_blocks
+        ],
+        axis=-1,
+    )
     scores = scores / jnp.sqrt(jnp.float32(head_dim))
-    slots = jnp.arange(keys.shape[2])
+    slots = jnp.arange(scores.shape[-1])
     visible = slots[None, None, :] <= positions[:, :, None]  # (batch, chunk, slots)
     scores = jnp.where(visible[:, None, None], scores, _MASKED)
-    weights = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    # Weights on the left: XLA's CPU backend then runs this as one batched matmul in XNNPACK
-    # (with values on the left it fell back to a slower generic dot).
-    out = jnp.einsum("bkgts,bksd->bkgtd", weights, values, preferred_element_type=jnp.float32)
-    out = out.transpose(0, 3, 1, 2, 4).astype(values.dtype)
+    weights = jax.nn.softmax(scores, axis=-1).astype(value_blocks[0].dtype)
+    outs, start = [], 0
+    for block in value_blocks:
+        size = block.shape[2]
+        # Weights on the left: XLA's CPU backend then runs this as one batched matmul in
+        # XNNPACK (with values on the left it fell back to a slower generic dot).
+        outs.append(
+            jnp.einsum(
+                "bkgts,bksd->bkgtd",
+                weights[..., start : start + size],
+                block,
+                preferred_element_type=jnp.float32,
+            )
+        )
+        start += size
+    out = sum(outs[1:], outs[0])
+    out = out.transpose(0, 3, 1, 2, 4).astype(value_blocks[0].dtype)
     return out.reshape(batch, chunk, num_heads, head_dim)
 
 
@@ -127,7 +197,7 @@ def run_layers(layer, x, params, cache: KVCache | None, *, unroll: bool = False)
     """Runs ``layer(x, (params_i, layer_cache_i)) -> (x, layer_cache_i)`` over layers.
 
     Without a cache, under ``lax.scan`` (compile time does not grow with depth). With one,
-    as a Python loop: each layer's buffers are then separate arrays that XLA updates in place
+    as a Python loop: each layer's blocks are then separate arrays that XLA updates in place
     and attention reads without copying (a scan would slice them out of a stacked array).
 
     Args:

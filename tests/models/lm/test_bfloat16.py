@@ -68,7 +68,7 @@ def test_cached_decoding_runs_in_bfloat16(models):
     rng = np.random.default_rng(1)
     prompts, lengths = rng.integers(0, model16.vocab_size, size=(3, 6)), np.array([6, 2, 4])
     state = model16.init_state(prompts, lengths, 20)
-    buffers = (*state.cache.keys, *state.cache.values)
+    buffers = jax.tree.leaves(state.cache)
     assert buffers and all(buffer.dtype == jnp.bfloat16 for buffer in buffers)
     step = eqx.filter_jit(
         lambda m, k, s: m.sample_step(
@@ -76,7 +76,7 @@ def test_cached_decoding_runs_in_bfloat16(models):
         )
     )
     state, out = step(model16, jax.random.key(0), state)
-    assert all(buffer.dtype == jnp.bfloat16 for buffer in (*state.cache.keys, *state.cache.values))
+    assert all(buffer.dtype == jnp.bfloat16 for buffer in jax.tree.leaves(state.cache))
     assert out.base_log_probs.dtype == jnp.float32
     counts = np.asarray(out.num_tokens)
     np.testing.assert_array_equal(np.asarray(state.lengths), lengths + counts)
