@@ -34,6 +34,8 @@ from flowjax.flows import (
     planar_flow,
 )
 from jaxtyping import Array, Float
+
+from ppl.config import one_off_jit
 from ppl.prng import same_streams_fused
 
 __all__ = ["FLOW_KINDS", "make_flow", "Whiten", "Laplace", "laplace_approximation",
@@ -238,7 +240,7 @@ def _laplace_at(model, mode, min_precision, max_precision):
     return scale, value, jnp.sum(bad), jnp.sum(capped & ~bad), grad_norm
 
 
-@eqx.filter_jit
+@one_off_jit
 def sample_prior(model, key, num_samples: int):
     """``model.sample_prior`` compiled with the model as an argument: called eagerly it would
     trace the model's code on every call, and a new data set would retrace."""
