@@ -171,7 +171,39 @@ def _logistic_logprior(beta, data):
     return jnp.sum(jax.scipy.stats.norm.logpdf(beta))
 
 
-def bench_tempered(num_seeds, quick, num_blackjax_seeds, config_names=None):
+TEMPERED_CONFIGS = {
+    # The defaults of ppl.infer(model, "smc") (HMC, dense cross-fitted population mass,
+    # trajectory 1.5 in whitened units, acceptance 0.75, 2-50 moves by acceptance).
+    "ppl_default": dict(),
+    "ppl_ess_07": dict(target_ess=0.7),
+    "ppl_waste_free": dict(waste_free=True, chain_length=10),
+    "ppl_two_moves": dict(min_mcmc_steps=2, max_mcmc_steps=2),
+    "ppl_trajectory_2": dict(trajectory_length=2.0),
+    # Before 2026-11-23 (target_accept 0.65 was the default then): 4 leapfrog steps of ~0.9
+    # (whitened) are about half a period of a Gaussian: the particles came back near their
+    # mirror image, poorly decorrelated.
+    "ppl_hmc": dict(kernel="hmc", num_integration_steps=4, min_mcmc_steps=2,
+                    max_mcmc_steps=3, target_accept=0.65),
+    "ppl_hmc_l2": dict(kernel="hmc", num_integration_steps=2, min_mcmc_steps=2,
+                       max_mcmc_steps=10, target_accept=0.75),
+    "ppl_hmc_l3": dict(kernel="hmc", num_integration_steps=3, min_mcmc_steps=2,
+                       max_mcmc_steps=10, target_accept=0.85),
+    "ppl_hmc_diag": dict(kernel="hmc", num_integration_steps=4, min_mcmc_steps=2,
+                         max_mcmc_steps=3, dense_mass=False, target_accept=0.65),
+    "ppl_waste_free_hmc": dict(kernel="hmc", waste_free=True, chain_length=10,
+                               num_integration_steps=5, target_accept=0.65),
+    "ppl_waste_free_rw": dict(kernel="rw", waste_free=True, chain_length=20),
+}
+
+
+def bench_tempered(num_seeds, quick, num_blackjax_seeds, config_names=None, extra_configs=None,
+                   blackjax_first_seed=0):
+    """ppl configurations and BlackJAX interleaved seed by seed (the machine is shared).
+
+    Each configuration is compiled (one run) before timing. Per run: wall time, process CPU
+    time (less sensitive to other processes' load on a shared machine than the wall time) and
+    the 1-minute load average.
+    """
     x, y = logistic_data()
     dim = x.shape[1]
     model = ppl.from_logdensity(
@@ -181,43 +213,65 @@ def bench_tempered(num_seeds, quick, num_blackjax_seeds, config_names=None):
     )
     log_z_ref, log_z_ref_se = logistic_reference_log_evidence(x, y)
     out = {"reference_log_evidence": log_z_ref, "reference_log_evidence_se": log_z_ref_se}
-    configs = {
-        "ppl_hmc": dict(kernel="hmc", num_integration_steps=4, min_mcmc_steps=2,
-                        max_mcmc_steps=3),
-        "ppl_waste_free_hmc": dict(kernel="hmc", waste_free=True, chain_length=10,
-                                   num_integration_steps=5),
-    }
-    configs["ppl_hmc_diag"] = dict(kernel="hmc", num_integration_steps=4, min_mcmc_steps=2,
-                                   max_mcmc_steps=3, dense_mass=False)
-    configs["ppl_waste_free_rw"] = dict(kernel="rw", waste_free=True, chain_length=20)
-    wanted = config_names or ["ppl_hmc", "ppl_waste_free_hmc"]
-    for name, settings in configs.items():
-        if name not in wanted:
-            continue
-        ppl.infer(model, "smc", key=100, num_particles=1000, progress_bar=False, **settings)
-        log_z, times, temps, grads = [], [], [], []
-        for seed in range(num_seeds):
+    configs = dict(TEMPERED_CONFIGS, **(extra_configs or {}))
+    wanted = ["ppl_default", "ppl_hmc"] if config_names is None else config_names
+    runs = {name: [] for name in wanted}
+    for name in wanted:
+        ppl.infer(model, "smc", key=100, num_particles=1000, progress_bar=False,
+                  **configs[name])
+    blackjax_run = _blackjax_runner(x, y) if num_blackjax_seeds else None
+    blackjax_runs = []
+    for seed in range(max(num_seeds, num_blackjax_seeds)):
+        for name in wanted:
+            if seed >= num_seeds:
+                continue
+            cpu = time.process_time()
             post = ppl.infer(model, "smc", key=seed, num_particles=1000, progress_bar=False,
-                             **settings)
-            log_z.append(post.log_evidence)
-            times.append(post.meta["wall_time"])
-            temps.append(post.meta["num_temperatures"])
-            grads.append(post.meta["num_gradient_evals"])
-        out[name] = {"log_evidence_mean": float(np.mean(log_z)),
-                     "log_evidence_sd": float(np.std(log_z, ddof=1)),
-                     "log_evidence_rmse": float(np.sqrt(np.mean((np.array(log_z) - log_z_ref) ** 2))),
-                     "seconds_median": float(np.median(times)),
-                     "num_temperatures_median": float(np.median(temps)),
-                     "gradient_evals_per_particle": float(np.median(grads)) / 1000,
-                     "num_seeds": num_seeds, "settings": settings}
-        print(name, json.dumps(out[name]), flush=True)
-    out["blackjax"] = bench_blackjax(model, x, y, num_seeds=num_blackjax_seeds)
-    out["blackjax"]["log_evidence_rmse"] = float(np.sqrt(np.mean(
-        (np.array(out["blackjax"]["log_evidences"]) - log_z_ref) ** 2)))
+                             **configs[name])
+            runs[name].append({
+                "log_evidence": post.log_evidence, "seconds": post.meta["wall_time"],
+                "cpu_seconds": time.process_time() - cpu,
+                "num_temperatures": post.meta["num_temperatures"],
+                "gradient_evals_per_particle": post.meta["num_gradient_evals"] / 1000,
+                "load": os.getloadavg()[0]})
+            print(name, seed, json.dumps(runs[name][-1]), flush=True)
+        if seed < num_blackjax_seeds:
+            blackjax_runs.append(blackjax_run(blackjax_first_seed + seed))
+            print("blackjax", seed, json.dumps(blackjax_runs[-1]), flush=True)
+    for name in wanted:
+        out[name] = _summarise(runs[name], log_z_ref)
+        out[name]["settings"] = configs[name]
+    if blackjax_runs:
+        out["blackjax"] = _summarise(blackjax_runs, log_z_ref)
+        out["blackjax"]["compile_seconds"] = blackjax_run.first_run_seconds
+        out["blackjax"]["settings"] = ("HMC, 10 leapfrog steps of 0.01, unit mass, 10 moves, "
+                                       "target ESS 0.5")
     return out
 
 
-def bench_blackjax(model, x, y, num_seeds):
+def _summarise(runs, log_z_ref):
+    log_z = np.array([r["log_evidence"] for r in runs])
+    num = len(log_z)
+    sd = float(np.std(log_z, ddof=1)) if num > 1 else float("nan")
+    return {
+        "log_evidence_mean": float(log_z.mean()), "log_evidences": log_z.tolist(),
+        "log_evidence_sd": sd,
+        # Standard error of a normal sample's sd: sd / sqrt(2 (n - 1)).
+        "log_evidence_sd_se": sd / np.sqrt(2 * (num - 1)) if num > 1 else float("nan"),
+        "bias_in_standard_errors": float((log_z.mean() - log_z_ref) / (sd / np.sqrt(num)))
+        if num > 1 else float("nan"),
+        "log_evidence_rmse": float(np.sqrt(np.mean((log_z - log_z_ref) ** 2))),
+        "seconds_median": float(np.median([r["seconds"] for r in runs])),
+        "cpu_seconds_median": float(np.median([r["cpu_seconds"] for r in runs])),
+        "num_temperatures_median": float(np.median([r["num_temperatures"] for r in runs])),
+        "gradient_evals_per_particle": float(
+            np.median([r["gradient_evals_per_particle"] for r in runs])),
+        "load_min_max": [min(r["load"] for r in runs), max(r["load"] for r in runs)],
+        "num_seeds": num, "runs": runs,
+    }
+
+
+def _blackjax_runner(x, y):
     import blackjax
     from blackjax.smc import extend_params
     from blackjax.smc.resampling import systematic
@@ -234,7 +288,7 @@ def bench_blackjax(model, x, y, num_seeds):
     )
     step = jax.jit(algo.step)
 
-    def run(seed):
+    def one(seed):
         key = jax.random.key(seed)
         state = algo.init(jax.random.normal(key, (1000, dim)))
         log_z, k = 0.0, 0
@@ -245,23 +299,19 @@ def bench_blackjax(model, x, y, num_seeds):
             k += 1
         return log_z, k
 
+    def run(seed):
+        start, cpu = time.perf_counter(), time.process_time()
+        log_z, k = one(seed)
+        return {"log_evidence": log_z, "seconds": time.perf_counter() - start,
+                "cpu_seconds": time.process_time() - cpu, "num_temperatures": k,
+                "gradient_evals_per_particle": 10 * 10 * k, "load": os.getloadavg()[0]}
+
+    # Compile (init and one step; the step is the same program at every temperature).
     start = time.perf_counter()
-    run(1000)
-    first = time.perf_counter() - start
-    results = []
-    for seed in range(num_seeds):
-        start = time.perf_counter()
-        log_z, k = run(seed)
-        results.append((log_z, time.perf_counter() - start, k))
-    log_z = [r[0] for r in results]
-    return {"log_evidence_mean": float(np.mean(log_z)), "log_evidences": log_z,
-            "log_evidence_sd": float(np.std(log_z, ddof=1)) if len(log_z) > 1 else None,
-            "num_seeds": num_seeds, "gradient_evals_per_particle": 10 * 10 * float(
-                np.median([r[2] for r in results])),
-            "seconds_median": float(np.median([r[1] for r in results])),
-            "num_temperatures_median": float(np.median([r[2] for r in results])),
-            "first_run_seconds": first,
-            "settings": "HMC, 10 leapfrog steps of 0.01, unit mass, 10 moves, target ESS 0.5"}
+    state = algo.init(jax.random.normal(jax.random.key(1000), (1000, dim)))
+    jax.block_until_ready(step(jax.random.key(1001), state))
+    run.first_run_seconds = time.perf_counter() - start
+    return run
 
 
 def bench_mixture(num_seeds):
@@ -297,7 +347,10 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seeds", type=int, default=None, help="tempered SMC seeds for ppl")
     parser.add_argument("--blackjax-seeds", type=int, default=None)
-    parser.add_argument("--configs", default="", help="comma list of ppl tempered configs")
+    parser.add_argument("--blackjax-first-seed", type=int, default=0,
+                        help="BlackJAX seeds run from here (to add seeds to an earlier run)")
+    parser.add_argument("--configs", default="", help="comma list of ppl tempered configs "
+                        f"({', '.join(TEMPERED_CONFIGS)}), or 'none' (BlackJAX only)")
     parser.add_argument("--only", default="filter,mixture,tempered")
     parser.add_argument("--label", default="", help="where it ran (goes into the results)")
     args = parser.parse_args()
@@ -312,17 +365,21 @@ def main():
         print(json.dumps(results["mixture"], indent=1), flush=True)
     if "tempered" in only:
         seeds = args.seeds or (2 if args.quick else 10)
-        bj_seeds = args.blackjax_seeds or (1 if args.quick else 5)
+        bj_seeds = args.blackjax_seeds if args.blackjax_seeds is not None else (
+            1 if args.quick else 5)
         results["logistic_tempered"] = bench_tempered(
-            seeds, args.quick, bj_seeds, args.configs.split(",") if args.configs else None)
+            seeds, args.quick, bj_seeds,
+            None if not args.configs else [] if args.configs == "none" else args.configs.split(","),
+            blackjax_first_seed=args.blackjax_first_seed)
         print(json.dumps(results["logistic_tempered"], indent=1), flush=True)
     RESULTS.mkdir(exist_ok=True)
     stem = "smc" + (f"_{args.label}" if args.label else "")
     (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1))
     lines = [f"# SMC benchmark ({args.label or 'local'}; {results['device']}, "
              f"{results['cpu_count']} CPUs, jax {results['jax']}"
-             f"{', --quick' if args.quick else ''})", "",
-             "| task | ppl | anchor | ratio | accuracy |", "|---|---|---|---|---|"]
+             f"{', --quick' if args.quick else ''})", ""]
+    if "sv_filter" in results or "mixture" in results:
+        lines += ["| task | ppl | anchor | ratio | accuracy |", "|---|---|---|---|---|"]
     if "sv_filter" in results:
         f = results["sv_filter"]
         lines.append(
@@ -335,23 +392,6 @@ def main():
             f"{f['ppl_log_likelihood_mean']:.2f} ± {f['ppl_log_likelihood_sd']:.2f} vs "
             f"{f['particles_log_likelihood_mean']:.2f} ± {f['particles_log_likelihood_sd']:.2f} "
             f"({f['difference_in_standard_errors']:.1f} SE) |")
-    if "logistic_tempered" in results:
-        lt = results["logistic_tempered"]
-        bj = lt["blackjax"]
-        for name, r in lt.items():
-            if not name.startswith("ppl_"):
-                continue
-            lines.append(
-                f"| tempered SMC logistic N=10k D=25, 1000 particles ({name}, {r['num_seeds']} seeds) | "
-                f"{r['seconds_median']:.1f} s, log Z sd {r['log_evidence_sd']:.2f}, rmse "
-                f"{r['log_evidence_rmse']:.2f}, {r['num_temperatures_median']:.0f} temperatures, "
-                f"{r['gradient_evals_per_particle']:.0f} grads/particle | BlackJAX adaptive tempered "
-                f"({bj['num_seeds']} seeds): {bj['seconds_median']:.1f} s, log Z sd "
-                f"{bj['log_evidence_sd'] if bj['log_evidence_sd'] is None else round(bj['log_evidence_sd'], 2)}"
-                f", rmse {bj['log_evidence_rmse']:.2f}, {bj['num_temperatures_median']:.0f} temperatures, "
-                f"{bj['gradient_evals_per_particle']:.0f} grads/particle | "
-                f"{bj['seconds_median'] / r['seconds_median']:.1f}x | reference log Z "
-                f"{lt['reference_log_evidence']:.2f} ± {lt['reference_log_evidence_se']:.3f} |")
     if "mixture" in results:
         m = results["mixture"]
         lines.append(
@@ -359,6 +399,33 @@ def main():
             f"{m['log_evidence_bias']:+.3f} (rmse {m['log_evidence_rmse']:.3f}); mode weight bias "
             f"{m['mode_weight_bias']:+.3f} (rmse {m['mode_weight_rmse']:.3f}) | exact | | exact "
             f"weight {m['exact_mode_weight']:.3f} |")
+    if "logistic_tempered" in results:
+        lt = results["logistic_tempered"]
+        lines += ["", "Tempered SMC, logistic regression N=10k D=25, 1000 particles; "
+                  f"reference log Z {lt['reference_log_evidence']:.3f} ± "
+                  f"{lt['reference_log_evidence_se']:.3f} "
+                  "(Laplace importance sampling). Seeds interleaved across configurations.", "",
+                  "| configuration | seeds | median wall | median CPU | temperatures | "
+                  "grads/particle | log Z mean | sd ± SE | bias / SE | load |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, r in lt.items():
+            if not isinstance(r, dict):
+                continue
+            lines.append(
+                f"| {name} {r['settings'] if name.startswith('ppl') else ''} | {r['num_seeds']} | "
+                f"{r['seconds_median']:.1f} s | {r['cpu_seconds_median']:.1f} s | "
+                f"{r['num_temperatures_median']:.0f} | {r['gradient_evals_per_particle']:.0f} | "
+                f"{r['log_evidence_mean']:.2f} | {r['log_evidence_sd']:.2f} ± "
+                f"{r['log_evidence_sd_se']:.2f} | {r['bias_in_standard_errors']:+.1f} | "
+                f"{r['load_min_max'][0]:.1f}-{r['load_min_max'][1]:.1f} |")
+        if "blackjax" in lt:
+            bj = lt["blackjax"]
+            for name, r in lt.items():
+                if name.startswith("ppl_"):
+                    lines.append(
+                        f"- {name}: BlackJAX / ppl median wall "
+                        f"{bj['seconds_median'] / r['seconds_median']:.1f}x, "
+                        f"CPU {bj['cpu_seconds_median'] / r['cpu_seconds_median']:.1f}x")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
