@@ -393,7 +393,9 @@ def step(key, state: TemperedState, model: AbstractModel, settings: _Settings):
         temperature,
         state.log_evidence + increment, new_step_size.astype(step_size.dtype),
     )
-    info = TemperedInfo(temperature, ess, acceptance, num_steps, num_leapfrog, step_size,
+    # Leapfrog steps per move: HMC only (NUTS chooses its own, the random walk has none).
+    leapfrog_info = num_leapfrog if settings.kernel == "hmc" else jnp.zeros((), jnp.int32)
+    info = TemperedInfo(temperature, ess, acceptance, num_steps, leapfrog_info, step_size,
                         increment, num_grads, all_zero)
     return new_state, info
 
@@ -483,7 +485,8 @@ def sample_smc(
     Returns:
         A :class:`~ppl.Posterior` with one chain of ``N`` equally weighted draws (``log_weights``
         zero), ``log_evidence``, and per-temperature ``history`` (temperature, ess,
-        acceptance_rate, num_mcmc_steps, step_size, log_evidence_increment).
+        acceptance_rate, num_mcmc_steps, num_integration_steps (HMC), step_size,
+        log_evidence_increment, num_gradient_evals).
 
     Raises:
         ValueError: bad settings, NaN log-likelihood at prior draws, or all weights zero at
