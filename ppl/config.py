@@ -6,10 +6,11 @@ from a second process (bench/results/nuts_cpu_final.md). It is on by default in 
 directory; ``PPL_COMPILATION_CACHE=0`` turns it off, ``PPL_CACHE_DIR`` moves it, and an
 explicit ``JAX_COMPILATION_CACHE_DIR`` (read by JAX itself) always wins.
 
-The cache is not implicated in the intermittent XLA CPU hang seen on a vmapped gp_pois_regr
-gradient (tests/models/test_posteriordb_models.py): it hung with the cache off, and with a
-fresh, empty one. Nor is XLA's Eigen thread pool: it hung with
-``--xla_cpu_multi_thread_eigen=false`` too, the cure reported for a similar hang elsewhere.
+The cache was not behind the intermittent "hang" once seen on a vmapped gp_pois_regr
+gradient deep into the test suite: that process had run out of memory mappings (Linux's
+``vm.max_map_count``, 65,530 by default), about three per compiled XLA CPU program. A process
+that compiles tens of thousands of programs should call ``jax.clear_caches()`` now and then
+(the test suite does after every module).
 """
 
 from __future__ import annotations
