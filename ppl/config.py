@@ -6,11 +6,11 @@ from a second process (bench/results/nuts_cpu_final.md). It is on by default in 
 directory; ``PPL_COMPILATION_CACHE=0`` turns it off, ``PPL_CACHE_DIR`` moves it, and an
 explicit ``JAX_COMPILATION_CACHE_DIR`` (read by JAX itself) always wins.
 
-The cache was not behind the intermittent "hang" once seen on a vmapped gp_pois_regr
-gradient deep into the test suite: that process had run out of memory mappings (Linux's
-``vm.max_map_count``, 65,530 by default), about three per compiled XLA CPU program. A process
-that compiles tens of thousands of programs should call ``jax.clear_caches()`` now and then
-(the test suite does after every module).
+A process that compiles tens of thousands of programs runs out of memory mappings (Linux's
+``vm.max_map_count``, 65,530 by default; about three per compiled XLA CPU program) and XLA
+then fails inside a compilation: call ``jax.clear_caches()`` now and then (the test suite
+does after every module). The intermittent hang of a vmapped gp_pois_regr gradient in long
+test runs is something else (it hung with 3,800 mappings held) and is not understood.
 """
 
 from __future__ import annotations
