@@ -65,13 +65,20 @@ def load_transformer(directory: str | Path, *, dtype=jnp.float32):
     return module.from_hf(config, read_tensors(directory), dtype=dtype)
 
 
-def save_qwen2(model: qwen2.Qwen2, directory: str | Path, **extra_config: Any) -> None:
-    """Writes ``model`` in the Hugging Face layout (transformers can load it back)."""
+def save_qwen2(model: qwen2.Qwen2, directory: str | Path, *, storage_dtype=None,
+               **extra_config: Any) -> None:
+    """Writes ``model`` in the Hugging Face layout (transformers can load it back).
+
+    ``storage_dtype`` (e.g. ``np.float16``) rounds the weights for storage; loading casts them
+    back to the dtype asked for.
+    """
     from safetensors.numpy import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config, tensors = qwen2.to_hf(model)
+    if storage_dtype is not None:
+        tensors = {name: t.astype(storage_dtype) for name, t in tensors.items()}
     config.update(extra_config)
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_file(tensors, directory / "model.safetensors", metadata={"format": "pt"})
