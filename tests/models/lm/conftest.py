@@ -54,3 +54,39 @@ def _perturb(torch, model):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
+
+
+@pytest.fixture(scope="session")
+def check_chunked_decoding():
+    """``check(model, sequences, lengths, schedule, *, width, cache_length, atol)``: feed
+    ``sequences`` after their first ``lengths`` tokens in chunks of ``width`` (row ``i`` takes
+    ``schedule[k][i]`` tokens at step ``k``) and compare every score, the lengths and the
+    next-token log-probabilities with one full recomputation."""
+    import equinox as eqx
+    import numpy as np
+
+    def check(model, sequences, lengths, schedule, *, width, cache_length, atol):
+        rows = np.arange(len(lengths))
+        full = np.asarray(model.log_probs(sequences))
+        extend = eqx.filter_jit(lambda m, s, t, n: m.extend(s, t, n))
+        start = eqx.filter_jit(lambda m, p, n: m.init_state(p, n, cache_length))
+        state = start(model, sequences[:, : int(lengths.max())], lengths)
+        for num_valid in schedule:
+            num_valid = np.asarray(num_valid)
+            chunk = np.zeros((len(rows), width), np.int64)
+            for row in rows:
+                chunk[row, : num_valid[row]] = sequences[
+                    row, lengths[row] : lengths[row] + num_valid[row]
+                ]
+            state, scores = extend(model, state, chunk, num_valid)
+            for row in rows:
+                positions = lengths[row] + np.arange(num_valid[row])
+                expected = full[row, positions - 1, sequences[row, positions]]
+                np.testing.assert_allclose(scores[row, : num_valid[row]], expected, atol=atol)
+                assert np.all(np.asarray(scores[row, num_valid[row] :]) == 0)
+            lengths = lengths + num_valid
+            np.testing.assert_array_equal(state.lengths, lengths)
+            np.testing.assert_allclose(model.next_log_probs(state), full[rows, lengths - 1],
+                                       atol=atol)
+
+    return check

@@ -34,32 +34,11 @@ def test_is_a_token_model(any_model):
     assert isinstance(any_model, AbstractTokenModel)
 
 
-def test_incremental_decoding_equals_full_recompute(any_model):
-    model = any_model
-    rng = np.random.default_rng(0)
-    sequences = rng.integers(0, model.vocab_size, size=(2, 16))
-    full = np.asarray(model.log_probs(sequences))
-    extend = eqx.filter_jit(lambda m, s, t, n: m.extend(s, t, n))
-    lengths = np.array([5, 3])
-    state = eqx.filter_jit(lambda m, p, n: m.init_state(p, n, 20))(model, sequences[:, :6], lengths)
-    for num_valid in ([4, 2], [1, 3], [0, 1], [3, 3], [1, 1]):
-        num_valid = np.array(num_valid)
-        chunk = np.zeros((2, 4), np.int64)
-        for row in range(2):
-            chunk[row, : num_valid[row]] = sequences[
-                row, lengths[row] : lengths[row] + num_valid[row]
-            ]
-        state, scores = extend(model, state, chunk, num_valid)
-        for row in range(2):
-            for t in range(num_valid[row]):
-                position = lengths[row] + t
-                expected = full[row, position - 1, sequences[row, position]]
-                np.testing.assert_allclose(scores[row, t], expected, atol=ATOL)
-            assert np.all(np.asarray(scores[row, num_valid[row] :]) == 0)
-        lengths = lengths + num_valid
-        np.testing.assert_array_equal(state.lengths, lengths)
-        expected_next = full[np.arange(2), lengths - 1]
-        np.testing.assert_allclose(model.next_log_probs(state), expected_next, atol=ATOL)
+def test_incremental_decoding_equals_full_recompute(any_model, check_chunked_decoding):
+    sequences = np.random.default_rng(0).integers(0, any_model.vocab_size, size=(2, 16))
+    check_chunked_decoding(any_model, sequences, np.array([5, 3]),
+                           ([4, 2], [1, 3], [0, 1], [3, 3], [1, 1]), width=4, cache_length=20,
+                           atol=ATOL)
 
 
 def test_padded_batch_equals_rows_one_by_one(any_model):

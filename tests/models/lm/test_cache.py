@@ -54,30 +54,13 @@ def test_writes_touch_only_their_slots(transformer):
 
 
 @pytest.mark.parametrize("block_length", [1, 3, 7])
-def test_chunks_across_blocks_equal_full_recompute(transformer, block_length):
+def test_chunks_across_blocks_equal_full_recompute(transformer, block_length,
+                                                  check_chunked_decoding):
     model = _with_blocks(transformer, block_length)
-    rng = np.random.default_rng(0)
-    sequences = rng.integers(0, model.vocab_size, size=(3, 17))
-    full = np.asarray(model.log_probs(sequences))
-    extend = eqx.filter_jit(lambda m, s, t, n: m.extend(s, t, n))
-    lengths = np.array([5, 2, 6])
-    state = model.init_state(sequences[:, :6], lengths, 17)
-    for num_valid in ([4, 5, 0], [3, 1, 5], [0, 4, 1]):
-        num_valid = np.array(num_valid)
-        chunk = np.zeros((3, 5), np.int64)
-        for row in range(3):
-            chunk[row, : num_valid[row]] = sequences[
-                row, lengths[row] : lengths[row] + num_valid[row]
-            ]
-        state, scores = extend(model, state, chunk, num_valid)
-        for row in range(3):
-            positions = lengths[row] + np.arange(num_valid[row])
-            expected = full[row, positions - 1, sequences[row, positions]]
-            np.testing.assert_allclose(scores[row, : num_valid[row]], expected, atol=ATOL)
-        lengths = lengths + num_valid
-        np.testing.assert_allclose(
-            model.next_log_probs(state), full[np.arange(3), lengths - 1], atol=ATOL
-        )
+    sequences = np.random.default_rng(0).integers(0, model.vocab_size, size=(3, 17))
+    check_chunked_decoding(model, sequences, np.array([5, 2, 6]),
+                           ([4, 5, 0], [3, 1, 5], [0, 4, 1]), width=5, cache_length=17,
+                           atol=ATOL)
 
 
 def test_sampling_in_blocks_draws_what_one_block_draws(transformer):
