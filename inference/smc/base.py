@@ -49,6 +49,9 @@ __all__ = [
     "gather",
     "reweight",
     "resample_decision",
+    "resample_groups",
+    "GroupResampling",
+    "gather_if",
     "check_ess_threshold",
     "check_num_particles",
     "raise_on_bad_steps",
@@ -119,6 +122,20 @@ def gather(particles: Any, indices: Int[Array, " n"], *, host: bool = False) -> 
     return jax.tree_util.tree_map(lambda leaf: jnp.take(leaf, indices, axis=0), particles)
 
 
+def gather_if(resampled: Bool[Array, ""] | bool, particles: Any, indices: Int[Array, " n"]) -> Any:
+    """:func:`gather` on the steps that resampled; the particles untouched on the others.
+
+    Under ``jit`` with a traced flag this is an XLA conditional, so a step that keeps its
+    particles copies nothing (a KV cache of hundreds of megabytes, say); with a Python or
+    concrete flag the decision is made on the host.
+    """
+    if isinstance(resampled, jax.core.Tracer):
+        return jax.lax.cond(
+            resampled, lambda p: gather(p, indices), lambda p: p, particles
+        )
+    return gather(particles, indices) if bool(resampled) else particles
+
+
 def init(particles: Any, log_potentials: Float[Array, " n"]) -> SMCState:
     """Weighted particles at ``t = 0``: ``X_0 ~ M_0``, ``log w_0 = log G_0(X_0)``."""
     log_potentials = jnp.asarray(log_potentials)
@@ -171,6 +188,135 @@ def resample_decision(
     return ancestors, log_w_after, resampled, ess
 
 
+class GroupResampling(NamedTuple):
+    """What :func:`resample_groups` decided, group by group.
+
+    Attributes:
+        ancestors: ``(groups, n)`` parent of each slot, an index within its group
+            (``arange(n)`` for a group that did not resample).
+        log_weights: ``(groups, n)`` log-weights carried by the selected particles,
+            normalised within each group.
+        resampled: ``(groups,)`` whether each group resampled.
+        ess: ``(groups,)`` effective sample size of each group's active particles.
+    """
+
+    ancestors: Int[Array, "groups n"]
+    log_weights: Float[Array, "groups n"]
+    resampled: Bool[Array, " groups"]
+    ess: Float[Array, " groups"]
+
+    def flat_ancestors(self) -> Int[Array, " rows"]:
+        """Ancestors as rows of the flat batch (group ``g`` holds rows ``g n .. g n + n - 1``)."""
+        groups, n = self.ancestors.shape
+        offsets = (jnp.arange(groups, dtype=self.ancestors.dtype) * n)[:, None]
+        return (self.ancestors + offsets).reshape(-1)
+
+
+def resample_groups(
+    key: PRNGKeyArray,
+    log_weights: Float[Array, "groups n"],
+    *,
+    active: Bool[Array, "groups n"] | None = None,
+    resampling: str | Callable = "systematic",
+    ess_threshold: float = 0.5,
+    resample_log_weights: Float[Array, "groups n"] | None = None,
+    keep_first: bool = False,
+) -> GroupResampling:
+    """Adaptive resampling of independent groups of particles, each among its active ones.
+
+    Many independent problems run as one flat batch: ``groups`` groups of ``n`` particles,
+    each group with its own weights, ESS and resampling decision (made as in
+    :func:`resample_decision`, on the active particles' ESS against ``ess_threshold`` times
+    their number).
+
+    Particles outside ``active`` are absorbed (a finished trace, say): they keep their slot
+    and their weight, and are never copied or dropped. The active slots are refilled from
+    the active particles by ``resampling`` and share the active particles' mass equally
+    (partial resampling), so that ``sum_i W_i f(X_i)`` stays unbiased. When only some of a
+    group's particles are active, its ``n`` draws are shuffled before the active slots take
+    theirs (a uniform subset of unbiased draws is unbiased; the first draws of a sorted
+    scheme would not be).
+
+    Args:
+        key: PRNG key, or ``(groups,)`` keys, one per group (a group's draws then depend on
+            its own key only, whatever else is batched with it).
+        log_weights: ``(groups, n)`` unnormalised log-weights.
+        active: ``(groups, n)`` particles that may be resampled (default: all).
+        resampling: a scheme name or a resampler ``(key, log_weights, n) -> indices``.
+        ess_threshold: resample a group when its ESS falls below this fraction of its active
+            particles; 1 always resamples (while any is active), 0 never.
+        resample_log_weights: optional ``(groups, n)`` log-weights ``log v`` to draw the
+            ancestors from instead of the particles' own (annealed or look-ahead weights);
+            a selected particle then carries ``w / v`` (times the mean of ``v``), which keeps
+            estimates unbiased.
+        keep_first: conditional SMC: slot 0 of every group (the reference) keeps ancestor 0,
+            and the other active slots take i.i.d. draws (use multinomial resampling).
+
+    Returns:
+        :class:`GroupResampling`.
+    """
+    log_weights = jnp.asarray(log_weights)
+    if log_weights.ndim != 2:
+        raise ValueError(
+            f"Expected log_weights of shape (groups, n), got {tuple(log_weights.shape)}."
+        )
+    resample_fn = get_resampler(resampling)
+    threshold = check_ess_threshold(ess_threshold)
+    groups, num = log_weights.shape
+    active = jnp.ones((groups, num), bool) if active is None else jnp.asarray(active, bool)
+    draw_weights = log_weights if resample_log_weights is None else jnp.asarray(
+        resample_log_weights, log_weights.dtype
+    )
+
+    def one(key, log_w, active, log_v):
+        total = jax.scipy.special.logsumexp(log_w)
+        alive = jnp.isfinite(total)  # a collapsed group (every weight zero) stays as it is
+        log_w = jnp.where(alive, log_w - total, log_w)
+        masked = jnp.where(active, log_w, -jnp.inf)
+        num_active = jnp.sum(active)
+        mass = jax.scipy.special.logsumexp(masked)
+        ess = jnp.where(num_active > 0, effective_sample_size(masked), 0.0)
+        if threshold >= 1.0:
+            resampled = (num_active > 0) & alive & jnp.isfinite(mass)
+        elif threshold <= 0.0:
+            resampled = jnp.asarray(False)
+        else:
+            resampled = (num_active > 0) & alive & jnp.isfinite(mass) & (
+                ess < threshold * num_active
+            )
+        draw_key, shuffle_key = jax.random.split(key)
+        log_v = jnp.where(active, log_v, -jnp.inf)
+        log_v_total = jax.scipy.special.logsumexp(log_v)
+        safe_v = jnp.where(jnp.isfinite(log_v_total), log_v - log_v_total, jnp.zeros_like(log_v))
+        draws = resample_fn(draw_key, safe_v, num).astype(jnp.int32)
+        shuffled = jax.random.permutation(shuffle_key, draws)
+        chosen = shuffled if keep_first else jnp.where(num_active == num, draws, shuffled)
+        own = jnp.arange(num, dtype=jnp.int32)
+        ancestors = jnp.where(active, chosen, own)
+        if keep_first:
+            ancestors = ancestors.at[0].set(0)
+        share = jnp.log(jnp.maximum(num_active, 1)).astype(log_w.dtype)
+        if resample_log_weights is None:
+            after = jnp.where(active, mass - share, log_w)
+        else:
+            ratio = (log_w - log_v)[ancestors] + log_v_total - share
+            after = jnp.where(active, ratio, log_w)
+        return (
+            jnp.where(resampled, ancestors, own),
+            jnp.where(resampled, after, log_w),
+            resampled,
+            ess,
+        )
+
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    per_group = (
+        key.ndim == 1 if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key.ndim == 2
+    )
+    keys = key if per_group else jax.random.split(key, groups)
+    ancestors, after, resampled, ess = jax.vmap(one)(keys, log_weights, active, draw_weights)
+    return GroupResampling(ancestors, after, resampled, ess)
+
+
 def reweight(
     log_weights_after: Float[Array, " n"], log_potentials: Float[Array, " n"]
 ) -> tuple[Float[Array, " n"], Float[Array, ""], Int[Array, ""], Bool[Array, ""]]:
@@ -213,7 +359,7 @@ def step(
     ancestors, log_w_after, resampled, ess = resample_decision(
         resample_key, state.log_weights, resampling=resampling, ess_threshold=ess_threshold
     )
-    parents = gather(state.particles, ancestors)
+    parents = gather_if(resampled, state.particles, ancestors)
     particles = move_fn(move_key, parents)
     log_potentials = log_potential_fn(parents, particles)
     log_weights, increment, num_nan, all_zero = reweight(log_w_after, log_potentials)

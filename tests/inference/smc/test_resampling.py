@@ -195,3 +195,105 @@ def test_bad_resampling_inputs():
     with pytest.raises(ValueError, match="num_particles"):
         base.check_num_particles(0)
     assert smc.effective_sample_size(jnp.zeros(10)) == pytest.approx(10.0)
+
+
+def test_step_gathers_only_on_steps_that_resample():
+    """A step that keeps its particles returns them untouched (host) and, under jit, moves
+    the gather into the branch of an XLA conditional (no copy on the other branch)."""
+    particles = {"x": jnp.arange(8.0)}
+    assert base.gather_if(False, particles, jnp.zeros(8, jnp.int32)) is particles
+    assert np.all(base.gather_if(True, particles, jnp.zeros(8, jnp.int32))["x"] == 0)
+    state = base.init(particles, jnp.zeros(8))
+    jaxpr = jax.make_jaxpr(
+        lambda key, s: base.step(key, s, move_fn=lambda k, p: p,
+                                 log_potential_fn=lambda a, b: jnp.zeros(8), ess_threshold=0.5)
+    )(jax.random.key(0), state)
+    top_level = [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
+    assert "gather" not in top_level and top_level.count("cond") >= 2, top_level
+
+
+def _groups_counts(log_w, active, keys, **kw):
+    counts = []
+    for key in keys:
+        decision = base.resample_groups(key, log_w, active=active, ess_threshold=1.0, **kw)
+        anc = np.asarray(decision.ancestors)
+        counts.append([np.bincount(row, minlength=log_w.shape[1]) for row in anc])
+    return np.asarray(counts, float), decision
+
+
+@pytest.mark.parametrize("name", ["multinomial", "systematic", "stratified"])
+def test_partial_resampling_is_unbiased_and_keeps_finished_particles(name):
+    """Among the active particles E[offspring_i] = |S| W_i / W_S; finished ones keep their
+    slot and weight; the active mass is shared equally."""
+    w = np.array([[0.05, 0.3, 0.1, 0.25, 0.2, 0.1], [0.1, 0.2, 0.3, 0.1, 0.2, 0.1]])
+    active = np.array([[True, True, False, True, True, False], [True] * 6])
+    keys = jax.random.split(jax.random.key(3), 600)
+    counts, decision = _groups_counts(jnp.log(w), active, keys, resampling=name)
+    for g in range(2):
+        s = active[g]
+        expected = np.where(s, s.sum() * w[g] / w[g][s].sum(), 1.0)
+        mean = counts[:, g].mean(0)
+        se = counts[:, g].std(0, ddof=1) / np.sqrt(len(keys)) + 1e-9
+        assert np.all(np.abs(mean - expected) < 4.5 * se + 1e-9), (name, g, mean, expected)
+        # Finished slots: themselves, every time.
+        assert np.all(counts[:, g][:, ~s] == 1)
+    after = np.exp(np.asarray(decision.log_weights))
+    np.testing.assert_allclose(after[0][active[0]], w[0][active[0]].sum() / active[0].sum(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(after[0][~active[0]], w[0][~active[0]], rtol=1e-5)
+
+
+def test_group_draws_depend_on_their_own_key_only():
+    log_w = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], [0.25] * 4]))
+    keys = jax.random.split(jax.random.key(0), 3)
+    together = base.resample_groups(keys, log_w, ess_threshold=1.0).ancestors
+    alone = base.resample_groups(keys[1:2], log_w[1:2], ess_threshold=1.0).ancestors
+    np.testing.assert_array_equal(together[1], alone[0])
+    # Adaptive decisions are per group: a uniform group does not resample.
+    decision = base.resample_groups(keys, log_w, ess_threshold=0.9)
+    assert list(np.asarray(decision.resampled)) == [True, True, False]
+    flat = np.asarray(decision.flat_ancestors())
+    assert list(flat[8:]) == [8, 9, 10, 11]
+
+
+def test_conditional_resampling_keeps_the_reference_in_slot_zero():
+    log_w = jnp.log(jnp.array([[0.01, 0.49, 0.5], [0.0001, 0.5, 0.4999]]))
+    for key in jax.random.split(jax.random.key(1), 20):
+        anc = np.asarray(base.resample_groups(key, log_w, ess_threshold=1.0, keep_first=True,
+                                              resampling="multinomial").ancestors)
+        assert np.all(anc[:, 0] == 0)
+
+
+def test_resampling_by_other_weights_is_corrected_without_bias():
+    """Drawing ancestors from v and carrying w / v keeps E[sum_j W'_j f(X_j)] = sum_i W_i f(X_i);
+    the same draws with uniform carried weights (no correction) are biased."""
+    w = np.array([[0.05, 0.15, 0.3, 0.5]])
+    log_v = jnp.log(jnp.array([[0.25, 0.25, 0.25, 0.25]]))
+    f = np.array([1.0, 2.0, 3.0, 4.0])
+    estimates, naive = [], []
+    for key in jax.random.split(jax.random.key(2), 800):
+        d = base.resample_groups(key, jnp.log(w), ess_threshold=1.0, resample_log_weights=log_v,
+                                 resampling="multinomial")
+        anc = np.asarray(d.ancestors)[0]
+        after = np.exp(np.asarray(d.log_weights))[0]
+        estimates.append(np.sum(after * f[anc]))
+        naive.append(np.mean(f[anc]))
+    truth = float(np.sum(w * f))
+    se = np.std(estimates, ddof=1) / np.sqrt(len(estimates))
+    assert abs(np.mean(estimates) - truth) < 4 * se
+    assert abs(np.mean(naive) - truth) > 10 * np.std(naive, ddof=1) / np.sqrt(len(naive))
+
+
+def test_annealing_reaches_the_target_ess_and_keeps_zero_weights():
+    log_w = jnp.array([0.0, -3.0, -6.0, -12.0, -jnp.inf, -1.0])
+    annealed, b = resampling.anneal_to_ess(log_w, 0.6)
+    ess = float(smc.effective_sample_size(annealed))
+    assert 0 < float(b) < 1 and abs(ess - 0.6 * 6) < 0.01
+    assert float(annealed[4]) == -np.inf
+    flat, b_flat = resampling.anneal_to_ess(jnp.zeros(5), 0.9)
+    assert float(b_flat) == 1.0 and np.all(np.asarray(flat) == 0)
+    # Only the active particles count towards the target.
+    active = jnp.array([True, True, True, False, False, True])
+    annealed, b = resampling.anneal_to_ess(log_w, 0.6, active=active)
+    ess = float(smc.effective_sample_size(jnp.where(active, annealed, -jnp.inf)))
+    assert abs(ess - 0.6 * 4) < 0.01
