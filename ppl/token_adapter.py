@@ -6,6 +6,8 @@ particles and with static shapes so that nothing recompiles as sequences grow:
 - the next-token distribution of every particle,
 - teacher-forced extension (score given tokens and append them),
 - step sampling (generate one reasoning step, up to a stop token, for every particle),
+- forced steps (append given tokens and score them under the model and under the tempered
+  proposal, as conditional SMC needs for its reference trace),
 - reordering after resampling (a gather along the batch axis, KV cache included),
 - a cache-free reference path for testing.
 
@@ -73,6 +75,8 @@ class AbstractTokenModel(eqx.Module):
 
     Every method is a pure function of its arguments, batched over particles, with static
     shapes; the caller jits (wrap the model with ``eqx.filter_jit`` or close over it).
+    Implementations also carry ``end_ids``, the token ids that end a sequence (a tuple of
+    ints; empty when the model has none).
     """
 
     @abc.abstractmethod
@@ -134,8 +138,31 @@ class AbstractTokenModel(eqx.Module):
         the last token of the step), an end token (which also kills the row), fills its
         buffer, or reaches ``max_new_tokens``.
 
+        ``key`` is one PRNG key for the batch, or a ``(batch,)`` array of keys, one per row:
+        then a row's draws depend on its own key only, whatever else is in the batch (so
+        that many problems batched together sample what each would alone).
+
         Returns:
             ``(state, StepOutput(tokens, base_log_probs, proposal_log_probs, num_tokens))``.
+        """
+
+    @abc.abstractmethod
+    def force_step(
+        self,
+        state: TokenState,
+        tokens: Int[Array, "batch chunk"],
+        num_valid: Int[Array, " batch"],
+        *,
+        temperature: float,
+    ) -> tuple[TokenState, StepOutput]:
+        """Appends given steps as if they had been sampled at ``temperature``.
+
+        Row ``b`` takes ``tokens[b, :num_valid[b]]`` (0 leaves it as it is). Rows die as in
+        ``sample_step``: on an end token or a full buffer.
+
+        Returns:
+            ``(state, StepOutput(tokens, base_log_probs, proposal_log_probs, num_valid))``,
+            the log-probabilities those tokens had at temperature 1 and at ``temperature``.
         """
 
     @abc.abstractmethod

@@ -36,6 +36,13 @@ def _argmax(x: Float[Array, "batch vocab"]) -> Int[Array, " batch"]:
     return jnp.min(jnp.where(hit, jnp.arange(x.shape[-1]), x.shape[-1]), axis=-1)
 
 
+def _is_key_batch(key) -> bool:
+    """One key per row: a typed key array of rank 1 (or raw uint32 keys of rank 2)."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 1
+    return key.ndim == 2
+
+
 class TransformerTokenModel(AbstractTokenModel):
     """A transformer behind the adapter.
 
@@ -112,6 +119,14 @@ class TransformerTokenModel(AbstractTokenModel):
         tokens: Int[Array, "batch chunk"],
         num_valid: Int[Array, " batch"],
     ) -> tuple[TokenState, Float[Array, "batch chunk"]]:
+        new_state, before, valid = self._extend(state, tokens, num_valid)
+        tokens = jnp.asarray(tokens)
+        scores = jnp.take_along_axis(before, tokens[..., None], axis=-1)[..., 0]
+        return new_state, jnp.where(valid, scores, 0.0)
+
+    def _extend(self, state, tokens, num_valid):
+        """``extend``'s pass: the new state, the ``(batch, chunk, vocab)`` log-probs that
+        predicted each token, and the ``(batch, chunk)`` validity mask."""
         tokens = jnp.asarray(tokens)
         _check_rank("tokens", tokens, 2)
         batch, chunk = tokens.shape
@@ -133,7 +148,6 @@ class TransformerTokenModel(AbstractTokenModel):
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         # Token t is predicted by the logits after token t-1; token 0 by the state's last ones.
         before = jnp.concatenate([state.last_log_probs[:, None], log_probs[:, :-1]], axis=1)
-        scores = jnp.take_along_axis(before, tokens[..., None], axis=-1)[..., 0]
         last = jnp.take_along_axis(log_probs, jnp.maximum(num_valid - 1, 0)[:, None, None], axis=1)[
             :, 0
         ]
@@ -143,7 +157,36 @@ class TransformerTokenModel(AbstractTokenModel):
             last_log_probs=jnp.where((num_valid > 0)[:, None], last, state.last_log_probs),
             alive=state.alive,
         )
-        return new_state, jnp.where(valid, scores, 0.0)
+        return new_state, before, valid
+
+    def force_step(
+        self,
+        state: TokenState,
+        tokens: Int[Array, "batch chunk"],
+        num_valid: Int[Array, " batch"],
+        *,
+        temperature: float,
+    ) -> tuple[TokenState, StepOutput]:
+        if isinstance(temperature, int | float) and temperature < 0:
+            raise ValueError(f"Expected temperature >= 0, got {temperature}.")
+        tokens = jnp.asarray(tokens).astype(jnp.int32)
+        new_state, before, valid = self._extend(state, tokens, num_valid)
+        pick = lambda lp: jnp.where(  # noqa: E731
+            valid, jnp.take_along_axis(lp, tokens[..., None], axis=-1)[..., 0], 0.0
+        )
+        if isinstance(temperature, int | float) and temperature == 0:
+            greedy = tokens == _argmax(before.reshape(-1, before.shape[-1])).reshape(tokens.shape)
+            proposal = jnp.where(valid, jnp.where(greedy, 0.0, -jnp.inf), 0.0)
+        else:
+            proposal = pick(jax.nn.log_softmax(before / temperature, axis=-1))
+        num_valid = jnp.sum(valid, axis=1).astype(jnp.int32)
+        end_ids = jnp.asarray(self.end_ids or (-1,), jnp.int32)
+        ended = jnp.any(valid & jnp.isin(tokens, end_ids), axis=1)
+        full = new_state.lengths >= state.cache.num_slots
+        alive = state.alive & ~((num_valid > 0) & (ended | full))
+        return new_state._replace(alive=alive), StepOutput(
+            jnp.where(valid, tokens, 0), pick(before), proposal, num_valid
+        )
 
     def sample_step(
         self,
@@ -163,6 +206,11 @@ class TransformerTokenModel(AbstractTokenModel):
         end_ids = jnp.asarray(self.end_ids or (-1,), jnp.int32)
         batch = state.lengths.shape[0]
         max_length = state.cache.num_slots
+        per_row = _is_key_batch(key)
+        if per_row and key.shape[0] != batch:
+            raise ValueError(
+                f"Expected one key or {batch} keys (one per row), got {key.shape[0]} keys."
+            )
         zeros = jnp.zeros((batch, max_new_tokens))
         init = (
             jnp.int32(0),
@@ -177,7 +225,11 @@ class TransformerTokenModel(AbstractTokenModel):
 
         def body(carry):
             i, key, state, active, tokens, base, proposal, num_tokens = carry
-            key, subkey = jax.random.split(key)
+            if per_row:
+                pairs = jax.vmap(jax.random.split)(key)
+                key, subkey = pairs[:, 0], pairs[:, 1]
+            else:
+                key, subkey = jax.random.split(key)
             log_probs = state.last_log_probs
             if greedy:
                 token = _argmax(log_probs)
@@ -185,7 +237,12 @@ class TransformerTokenModel(AbstractTokenModel):
             else:
                 scaled = jax.nn.log_softmax(log_probs / temperature, axis=-1)
                 # jax.random.categorical, with a faster argmax: the same draws.
-                noise = jax.random.gumbel(subkey, scaled.shape, scaled.dtype)
+                if per_row:
+                    noise = jax.vmap(
+                        lambda k: jax.random.gumbel(k, scaled.shape[1:], scaled.dtype)
+                    )(subkey)
+                else:
+                    noise = jax.random.gumbel(subkey, scaled.shape, scaled.dtype)
                 token = _argmax(noise + scaled)
             token = token.astype(jnp.int32)
             pick = lambda lp: jnp.where(

@@ -127,6 +127,45 @@ def test_tempered_proposal_is_the_cooled_model(model):
     )
 
 
+def test_forced_step_scores_what_sampling_scored(model):
+    """Replaying sampled steps with force_step gives the same state and log-probabilities
+    (base and tempered), and an end token among them kills the row."""
+    prompts, lengths = _padded(np.random.default_rng(5), [3, 5, 2], 5, model.vocab_size)
+    state = model.init_state(prompts, lengths, 24)
+    sampled_state, out = model.sample_step(
+        jax.random.key(3), state, temperature=0.7, stop_ids=jnp.array([3]), max_new_tokens=6
+    )
+    forced_state, forced = model.force_step(state, out.tokens, out.num_tokens, temperature=0.7)
+    np.testing.assert_array_equal(forced.tokens, out.tokens)
+    np.testing.assert_array_equal(forced.num_tokens, out.num_tokens)
+    np.testing.assert_allclose(forced.base_log_probs, out.base_log_probs, atol=ATOL)
+    np.testing.assert_allclose(forced.proposal_log_probs, out.proposal_log_probs, atol=ATOL)
+    np.testing.assert_array_equal(forced_state.lengths, sampled_state.lengths)
+    np.testing.assert_allclose(forced_state.last_log_probs, sampled_state.last_log_probs,
+                               atol=ATOL)
+    ended = lm.TransformerTokenModel(model.transformer, end_ids=(7,))
+    dead, _ = ended.force_step(state, jnp.array([[1, 7], [1, 2], [0, 0]]), jnp.array([2, 2, 0]),
+                               temperature=1.0)
+    assert list(np.asarray(dead.alive)) == [False, True, True]
+
+
+def test_a_rows_draws_depend_on_its_own_key_only(model):
+    """With one key per row, a row samples the same step alone or in any batch."""
+    prompts, lengths = _padded(np.random.default_rng(6), [3, 4, 2], 4, model.vocab_size)
+    keys = jax.random.split(jax.random.key(0), 3)
+    step = eqx.filter_jit(
+        lambda m, k, s: m.sample_step(k, s, temperature=1.0, stop_ids=jnp.array([3]),
+                                      max_new_tokens=8)
+    )
+    _, together = step(model, keys, model.init_state(prompts, lengths, 20))
+    for row in range(3):
+        one = slice(row, row + 1)
+        _, alone = step(model, keys[one], model.init_state(prompts[one], lengths[one], 20))
+        np.testing.assert_array_equal(alone.tokens[0], together.tokens[row])
+    with pytest.raises(ValueError, match="one per row"):
+        step(model, keys[:2], model.init_state(prompts, lengths, 20))
+
+
 def test_end_token_kills_row_and_full_buffer_stops():
     import jax.random as jr
     from ppl.models.lm import qwen2
