@@ -1,0 +1,188 @@
+"""The reward-model protocol: how a process reward model (PRM) scores partial traces for SMC.
+
+A PRM scores a partial reasoning trace (the text a particle has generated after its prompt):
+a number in ``[0, 1]``, read as the probability that every step so far is right. The SMC
+core (``inference/llm/``) needs these scores batched over particles, at every step, without
+re-reading the prefix. Two paths serve it through the same SMC step:
+
+- :class:`AbstractRewardModel`, the JAX path: the PRM is an equinox module with a cached
+  state, like the language model's KV cache. ``init_state`` reads the prompts, ``extend``
+  reads each step's tokens and returns the new score of every row, ``reorder`` follows the
+  particles after resampling. Scored in-graph, on token ids: no host round trip per step.
+- :class:`HostReward`, the host path: any Python callable on decoded text (an exact
+  checker, a user's function, a PRM behind a server), called once per step with the text of
+  every particle that moved.
+
+How step scores combine into a particle's score (its latest, the minimum or the product of
+its step scores) is a setting of the algorithms, not of the PRM: see :data:`AGGREGATIONS`.
+
+This module imports nothing from ``models/`` or ``inference/``: ``models/lm/`` implements the
+protocol and ``inference/llm/`` consumes it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+__all__ = [
+    "AGGREGATIONS",
+    "AbstractRewardModel",
+    "HostReward",
+    "RewardState",
+    "aggregate",
+    "check_scores",
+]
+
+# How the step scores r_1, r_2, ... of a particle combine into its score after step t.
+AGGREGATIONS = ("last", "min", "product")
+
+
+class RewardState(NamedTuple):
+    """Batched state of a reward model.
+
+    Attributes:
+        cache: the model's own state (a KV cache, a running check), a pytree whose leaves
+            have the batch on axis 0.
+        score: ``(batch,)`` score of each row's prefix after the tokens read so far (1 before
+            the first step; rows given no tokens keep theirs).
+    """
+
+    cache: Any
+    score: Float[Array, " batch"]
+
+
+class AbstractRewardModel(eqx.Module):
+    """A process reward model scored in JAX, incrementally, batched over particles.
+
+    Every method but :meth:`prepare` is a pure function with static shapes; the caller jits.
+    Rows are the particles: the same prompt repeated once per particle of its problem.
+    """
+
+    def prepare(self, prompts: Sequence[str]) -> Any:
+        """Host-side, once per batch of problems: what the PRM needs to know about each
+        prompt beyond its tokens (the oracle's reference solution, say).
+
+        Returns a pytree whose leaves have one row per prompt, or None (the default).
+        """
+        del prompts
+        return None
+
+    @abc.abstractmethod
+    def init_state(
+        self,
+        prompt_ids: Int[Array, "batch prompt"],
+        prompt_lengths: Int[Array, " batch"],
+        max_length: int,
+        context: Any = None,
+    ) -> RewardState:
+        """Reads right-padded prompts into a fresh state (score 1 for every row).
+
+        Args:
+            prompt_ids: ``(batch, prompt)`` token ids, row ``b`` valid up to
+                ``prompt_lengths[b]``.
+            prompt_lengths: ``(batch,)`` prompt lengths.
+            max_length: static size of the buffer (prompt plus everything generated later).
+            context: :meth:`prepare`'s output with its rows repeated to the batch (row ``b``
+                belongs to row ``b`` of the prompts), or None.
+        """
+
+    @abc.abstractmethod
+    def extend(
+        self,
+        state: RewardState,
+        tokens: Int[Array, "batch chunk"],
+        num_valid: Int[Array, " batch"],
+    ) -> RewardState:
+        """Reads one step's tokens (row ``b`` valid up to ``num_valid[b]``; 0 leaves the row
+        as it is) and scores every row's prefix after them (``state.score``)."""
+
+    def reorder(self, state: RewardState, ancestors: Int[Array, " batch"]) -> RewardState:
+        """Gathers rows ``ancestors`` of every leaf (batch on axis 0; override otherwise)."""
+        return jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), state)
+
+
+class HostReward:
+    """A reward computed in Python on decoded text: the host path.
+
+    Args:
+        score_fn: ``(prompts, traces) -> scores``: two lists of strings of equal length (a
+            prompt and the text generated after it so far, one pair per particle that moved
+            this step) to a sequence of floats in ``[0, 1]``, one per pair.
+        name: shown in results and errors.
+
+    Example:
+        >>> reward = HostReward(lambda prompts, traces: [float("7" in t) for t in traces])
+        >>> reward(["Q 1 +6\\n"], ["1+6=7\\n"])
+        array([1.], dtype=float32)
+    """
+
+    def __init__(self, score_fn: Callable[[list[str], list[str]], Sequence[float]], *,
+                 name: str | None = None):
+        if not callable(score_fn):
+            raise TypeError(f"Expected score_fn to be callable, got {type(score_fn).__name__}.")
+        self.score_fn = score_fn
+        self.name = name or getattr(score_fn, "__name__", type(score_fn).__name__)
+
+    def __call__(self, prompts: Sequence[str], traces: Sequence[str]) -> np.ndarray:
+        if len(prompts) != len(traces):
+            raise ValueError(
+                f"Expected as many prompts as traces, got {len(prompts)} and {len(traces)}."
+            )
+        if not traces:
+            return np.zeros((0,), np.float32)
+        scores = np.asarray(self.score_fn(list(prompts), list(traces)), np.float32)
+        if scores.shape != (len(traces),):
+            raise ValueError(
+                f"Expected the reward {self.name!r} to return {len(traces)} scores (one per "
+                f"trace), got an array of shape {scores.shape}."
+            )
+        return scores
+
+    def __repr__(self) -> str:
+        return f"HostReward({self.name})"
+
+
+def aggregate(
+    how: str, previous: Float[Array, " batch"], step_score: Float[Array, " batch"]
+) -> Float[Array, " batch"]:
+    """A particle's score after a step from its score before and the step's score.
+
+    ``last``: the latest step score (a PRM that judges the whole prefix); ``min``: the worst
+    step so far; ``product``: the product of the step scores (each read as the chance that
+    step is right given the ones before). Scores start at 1.
+    """
+    if how == "last":
+        return step_score
+    if how == "min":
+        return jnp.minimum(previous, step_score)
+    if how == "product":
+        return previous * step_score
+    raise ValueError(f"Expected aggregation to be one of {', '.join(AGGREGATIONS)}, got {how!r}.")
+
+
+def check_scores(scores, *, who: str, step: int, rows=None) -> None:
+    """Host-side: raise naming the particle and step when a score is NaN or outside [0, 1].
+
+    Args:
+        scores: ``(batch,)`` scores just returned by a reward.
+        who: the reward's name, for the message.
+        step: the SMC step (0-based) that produced them.
+        rows: optional labels of the rows (e.g. ``(problem, particle)`` pairs) for the message.
+    """
+    scores = np.asarray(scores)
+    bad = ~((scores >= 0) & (scores <= 1))  # NaN compares false both ways
+    if bad.any():
+        index = int(np.argmax(bad))
+        where = f"particle {index}" if rows is None else f"particle {rows[index]}"
+        raise ValueError(
+            f"The reward {who} returned {scores[index]!r} for {where} at step {step}: "
+            f"expected a score in [0, 1] ({int(bad.sum())} of {scores.size} scores are not)."
+        )
