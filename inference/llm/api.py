@@ -1,0 +1,408 @@
+"""``ppl.inference.llm.run``: every inference-time-scaling method, reached by name.
+
+    result = llm.run("particle_filter", lm, tokenizer, prompts, key=jax.random.key(0),
+                     reward=prm, num_particles=16)
+    result.traces[0], result.answers[0], result.weights[0]
+
+Problems are batched ``batch_size // num_particles`` at a time as one flat batch of rows
+(each problem its own group of particles, with its own weights, resampling and evidence),
+padded to a fixed number of problems so that every batch runs the same compiled programs.
+Each problem's random draws depend on ``key`` and its position in ``prompts`` only, so a
+problem gets the same answer alone or batched with others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from ppl.inference.llm import baselines, filters, gibbs
+from ppl.inference.llm import population as P
+from ppl.inference.llm.job import Job, MethodOutput
+from ppl.inference.llm.selection import choose, last_line
+from ppl.inference.smc.base import check_num_particles
+
+from ppl.progress import ProgressBar
+from ppl.reward_model import AGGREGATIONS, AbstractRewardModel, HostReward
+
+__all__ = ["METHODS", "LMResult", "MethodSpec", "read_problems", "run", "write_results"]
+
+
+class MethodSpec(NamedTuple):
+    """One method: its function, a line for listings, and whether it needs a reward."""
+
+    fn: Callable[..., MethodOutput]
+    description: str
+    needs_reward: bool
+
+
+METHODS: dict[str, MethodSpec] = {
+    "best_of_n": MethodSpec(
+        baselines.best_of_n, "N independent traces, the best final reward", True),
+    "weighted_best_of_n": MethodSpec(
+        baselines.weighted_best_of_n, "N independent traces, answers' summed final rewards",
+        True),
+    "self_consistency": MethodSpec(
+        baselines.self_consistency, "N independent traces, majority vote (no reward)", False),
+    "beam_search": MethodSpec(
+        baselines.beam_search, "step-level beams: keep N/M by the PRM, expand each M ways",
+        True),
+    "particle_filter": MethodSpec(
+        filters.particle_filter, "particle filtering with the PRM (Puri et al. 2025)", True),
+    "entropic_particle_filter": MethodSpec(
+        filters.entropic_particle_filter,
+        "particle filtering with entropic annealing and look-ahead (ePF)", True),
+    "particle_gibbs": MethodSpec(
+        gibbs.particle_gibbs, "iterated conditional SMC keeping a reference trace", True),
+}
+
+
+@dataclasses.dataclass
+class LMResult:
+    """What a method found, per problem.
+
+    Attributes:
+        method: the method's name.
+        prompts: the prompts, in order.
+        traces: the chosen trace of each problem (the text after its prompt).
+        answers: the chosen trace's answer (``answer_fn``; None when it has none).
+        candidates: every final trace of each problem (``N`` of them).
+        candidate_answers: their answers.
+        weights: ``(P, N)`` normalised weights the answer was chosen by.
+        scores: ``(P, N)`` final (aggregated) reward scores of the candidates.
+        log_evidence: ``(P,)`` log-evidence estimates, where the method defines one.
+        tokens: ``(P,)`` tokens sampled per problem (every one, discarded particles too).
+        reward_calls: ``(P,)`` particle steps scored by the reward.
+        forward_passes: sequential decoding passes of the language model, all batches.
+        collapsed: ``(P,)`` problems whose weights all vanished (``allow_collapse``).
+        wall_time: seconds for the whole run.
+        settings: what ran.
+        extra: method-specific records, per batch.
+    """
+
+    method: str
+    prompts: list[str]
+    traces: list[str]
+    answers: list[Any]
+    candidates: list[list[str]]
+    candidate_answers: list[list[Any]]
+    weights: np.ndarray
+    scores: np.ndarray
+    log_evidence: np.ndarray | None
+    tokens: np.ndarray
+    reward_calls: np.ndarray
+    forward_passes: int
+    collapsed: np.ndarray
+    wall_time: float
+    settings: dict
+    extra: list[dict]
+
+    def records(self) -> list[dict]:
+        """One JSON-ready dict per problem (what ``ppl lm solve --out`` writes)."""
+        rows = []
+        for i, prompt in enumerate(self.prompts):
+            row = {
+                "prompt": prompt,
+                "trace": self.traces[i],
+                "answer": _jsonable(self.answers[i]),
+                "traces": self.candidates[i],
+                "weights": [float(w) for w in self.weights[i]],
+                "scores": [float(s) for s in self.scores[i]],
+                "tokens": int(self.tokens[i]),
+                "reward_calls": int(self.reward_calls[i]),
+                "method": self.method,
+            }
+            if self.log_evidence is not None:
+                row["log_evidence"] = float(self.log_evidence[i])
+            rows.append(row)
+        return rows
+
+    def __repr__(self) -> str:
+        return (
+            f"LMResult({self.method}, {len(self.prompts)} problems, "
+            f"{int(self.tokens.sum())} tokens, {self.wall_time:.1f} s)"
+        )
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return value if isinstance(value, int | float | str | bool | type(None)) else str(value)
+
+
+def _encode(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
+    """Token ids of every prompt; refuses text the tokenizer cannot represent."""
+    encoded = []
+    for index, prompt in enumerate(prompts):
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"Expected prompt {index} to be a non-empty string, got {prompt!r}.")
+        ids = list(tokenizer.encode(prompt))
+        back = tokenizer.decode(ids)
+        if back != prompt:
+            position = next(
+                (i for i, (a, b) in enumerate(zip(prompt, back, strict=False)) if a != b),
+                min(len(prompt), len(back)),
+            )
+            character = prompt[position] if position < len(prompt) else ""
+            raise ValueError(
+                f"Prompt {index} has text the tokenizer cannot represent: character "
+                f"{character!r} at position {position} of {prompt!r} (it decodes back as "
+                f"{back!r})."
+            )
+        encoded.append(ids)
+    return encoded
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return multiple * -(-value // multiple)
+
+
+def _stop_ids(tokenizer, stop) -> tuple[int, ...]:
+    if isinstance(stop, str):
+        stop = (stop,)
+    ids = tuple(int(i) for i in tokenizer.stop_ids(list(stop)))
+    if not ids:
+        raise ValueError(f"Expected stop sequences the tokenizer has tokens for, got {stop!r}.")
+    return ids
+
+
+def _as_reward(reward):
+    if reward is None or isinstance(reward, AbstractRewardModel | HostReward):
+        return reward
+    if callable(reward):
+        return HostReward(reward)
+    raise TypeError(
+        "Expected reward to be a ppl.reward_model.AbstractRewardModel, a HostReward, a "
+        f"callable (prompts, traces) -> scores, or None; got {type(reward).__name__}."
+    )
+
+
+def run(
+    method: str,
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    key,
+    reward=None,
+    num_particles: int = 16,
+    temperature: float = 0.8,
+    answer_fn: Callable[[str], Any] | None = None,
+    stop: str | Sequence[str] = "\n",
+    aggregation: str = "last",
+    score_clip: float = 1e-7,
+    max_step_tokens: int = 64,
+    max_steps: int = 64,
+    max_new_tokens: int = 192,
+    max_length: int | None = None,
+    batch_size: int = 256,
+    allow_collapse: bool = False,
+    progress_bar: bool | None = None,
+    **settings,
+) -> LMResult:
+    """Runs an inference-time-scaling method on many prompts.
+
+    Args:
+        method: one of :data:`METHODS` (``particle_filter``, ``best_of_n``, ...).
+        model: a token model (:class:`ppl.token_adapter.AbstractTokenModel`).
+        tokenizer: with ``encode``, ``decode`` and ``stop_ids`` (:class:`ppl.models.lm.Tokenizer`).
+        prompts: the problems' prompts.
+        key: a PRNG key (or an int seed).
+        reward: a JAX reward model (:class:`ppl.reward_model.AbstractRewardModel`), a host
+            reward or any callable ``(prompts, traces) -> scores`` in [0, 1], or None.
+        num_particles: ``N``, particles (or samples, or the budget) per problem.
+        temperature: the language model's sampling temperature (0.8, as the anchors).
+        answer_fn: a trace's answer (default: its last non-empty line).
+        stop: what ends a step (default a newline).
+        aggregation: how step scores combine: ``"last"``, ``"min"`` or ``"product"``.
+        score_clip: scores are clipped to ``[clip, 1 - clip]`` in potentials (1e-7, as the
+            anchors; 0 keeps exact zeros).
+        max_step_tokens: a step this long without a stop ran away; its particle is ended.
+        max_steps: steps after which a particle is ended.
+        max_new_tokens: room in the buffer after the longest prompt.
+        max_length: the buffer (prompt plus trace); default the longest prompt plus
+            ``max_new_tokens``, rounded up to 128 so that problems of other lengths reuse
+            the compiled programs.
+        batch_size: rows (problems times particles) per batch.
+        allow_collapse: when every weight of a problem vanishes (a zero-score reward with
+            ``score_clip=0``), record it (no answer, log-evidence -inf) instead of raising.
+        progress_bar: show one (default: when stderr is a terminal).
+        **settings: the method's own (``potential``, ``weight_temperature``, ``select``,
+            ``expansions``, ``num_iterations``, ``target_ess``, ``lookahead_tokens``, ...).
+
+    Returns:
+        :class:`LMResult`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Expected method one of {', '.join(METHODS)}, got {method!r}.")
+    spec = METHODS[method]
+    num_particles = check_num_particles(num_particles)
+    reward = _as_reward(reward)
+    if spec.needs_reward and reward is None:
+        raise ValueError(
+            f"Expected a reward for method {method!r} (it weighs traces by their scores), got "
+            "None. Methods that need none: "
+            + ", ".join(name for name, s in METHODS.items() if not s.needs_reward) + "."
+        )
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"Expected aggregation one of {', '.join(AGGREGATIONS)}, got "
+                         f"{aggregation!r}.")
+    if not 0 <= score_clip < 0.5:
+        raise ValueError(f"Expected score_clip in [0, 0.5), got {score_clip!r}.")
+    if not temperature >= 0:
+        raise ValueError(f"Expected temperature >= 0, got {temperature!r}.")
+    for name, value in (("max_step_tokens", max_step_tokens), ("max_steps", max_steps),
+                        ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        check_num_particles(value, name)
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("Expected at least one prompt, got none.")
+    if isinstance(key, int):
+        key = jax.random.key(key)
+    encoded = _encode(tokenizer, prompts)
+    longest = max(len(ids) for ids in encoded)
+    if max_length is None:
+        max_length = _round_up(longest + max_new_tokens, 128)
+    if longest >= max_length:
+        raise ValueError(
+            f"Expected prompts shorter than max_length={max_length} tokens (the buffer holds "
+            f"the prompt and the trace), got one of {longest} tokens (prompt "
+            f"{int(np.argmax([len(i) for i in encoded]))})."
+        )
+    answer_fn = answer_fn or last_line
+    step = P.Settings(
+        num_particles=num_particles,
+        temperature=float(temperature),
+        stop_ids=_stop_ids(tokenizer, stop),
+        end_ids=tuple(int(i) for i in getattr(model, "end_ids", ())),
+        max_step_tokens=int(max_step_tokens),
+        max_steps=int(max_steps),
+        aggregation=aggregation,
+        score_clip=float(score_clip),
+    )
+    groups = max(1, batch_size // num_particles)
+    width = _round_up(longest, 16)
+    problem_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
+        np.arange(_round_up(len(prompts), groups))
+    )
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    outputs, extras = [], []
+    start = time.perf_counter()
+    with ProgressBar(len(prompts) if ProgressBar.wanted(progress_bar) else 0,
+                     desc=method) as bar:
+        for first in range(0, len(prompts), groups):
+            chunk = list(range(first, min(first + groups, len(prompts))))
+            padded = chunk + [chunk[-1]] * (groups - len(chunk))
+            ids = np.zeros((groups, width), np.int32)
+            lengths = np.array([len(encoded[i]) for i in padded], np.int32)
+            for row, i in enumerate(padded):
+                ids[row, : lengths[row]] = encoded[i]
+            batch_prompts = [prompts[i] for i in padded]
+            context = reward.prepare(batch_prompts) if isinstance(
+                reward, AbstractRewardModel) else None
+            job = Job(
+                lm=model, reward=reward, prompts=batch_prompts, prompt_ids=ids,
+                prompt_lengths=lengths, context=context, max_length=int(max_length), step=step,
+                decode=tokenizer.decode, allow_collapse=allow_collapse, on_step=None,
+                labels=[f"{i} ({prompts[i]!r})" for i in padded],
+            )
+            out = spec.fn(problem_keys[first : first + groups], job, **settings)
+            outputs.append((chunk, out))
+            extras.append(out.extra)
+            bar.update_to(chunk[-1] + 1)
+    wall_time = time.perf_counter() - start
+    return _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_time,
+                     settings={"num_particles": num_particles, "temperature": temperature,
+                               "aggregation": aggregation, "score_clip": score_clip,
+                               "max_step_tokens": max_step_tokens, "max_steps": max_steps,
+                               "max_length": int(max_length), "batch_size": batch_size,
+                               "reward": repr(reward), **settings})
+
+
+def _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_time, settings):
+    traces, answers, candidates, candidate_answers = [], [], [], []
+    weights, scores, evidence, tokens, calls, collapsed = [], [], [], [], [], []
+    passes, has_evidence = 0, True
+    for chunk, out in outputs:
+        batch = out.batch
+        n = batch.log_weights.shape[1]
+        passes += batch.budget.forward_passes
+        has_evidence &= out.log_evidence is not None
+        for g, _ in enumerate(chunk):
+            rows = range(g * n, (g + 1) * n)
+            texts = [tokenizer.decode(batch.tokens[r, : batch.length[r]]) for r in rows]
+            w = np.asarray(out.selection_weights[g], np.float64)
+            index, answer, row_answers = choose(texts, w, how=out.select, answer_fn=answer_fn,
+                                                rng=rng)
+            if batch.collapsed[g]:
+                answer = None
+            traces.append(texts[index])
+            answers.append(answer)
+            candidates.append(texts)
+            candidate_answers.append(row_answers)
+            total = w.sum()
+            weights.append(w / total if total > 0 else np.full(n, 1.0 / n))
+            scores.append(batch.score[g * n : (g + 1) * n])
+            evidence.append(out.log_evidence[g] if out.log_evidence is not None else np.nan)
+            tokens.append(batch.budget.tokens[g])
+            calls.append(batch.budget.reward_calls[g])
+            collapsed.append(batch.collapsed[g])
+    return LMResult(
+        method=method,
+        prompts=list(prompts),
+        traces=traces,
+        answers=answers,
+        candidates=candidates,
+        candidate_answers=candidate_answers,
+        weights=np.asarray(weights),
+        scores=np.asarray(scores),
+        log_evidence=np.asarray(evidence) if has_evidence else None,
+        tokens=np.asarray(tokens),
+        reward_calls=np.asarray(calls),
+        forward_passes=int(passes),
+        collapsed=np.asarray(collapsed, bool),
+        wall_time=wall_time,
+        settings=settings,
+        extra=extras,
+    )
+
+
+def read_problems(path: str | Path) -> list[dict]:
+    """Problems from a JSONL file: one JSON object per line with at least ``"prompt"``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"Expected a JSONL file of problems at {str(path)!r}, got no such file.")
+    problems = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {line[:60]!r} "
+                             f"({error.msg}).") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise ValueError(f'{path}:{number}: expected an object with a "prompt" string, got '
+                             f"{line[:60]!r}.")
+        problems.append(row)
+    if not problems:
+        raise ValueError(f"Expected at least one problem in {path}, got an empty file.")
+    return problems
+
+
+def write_results(path: str | Path, result: LMResult, extra_fields: Sequence[dict] | None = None):
+    """One JSON object per problem (``LMResult.records``, plus ``extra_fields`` per line)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = result.records()
+    if extra_fields is not None:
+        records = [{**extra, **row} for extra, row in zip(extra_fields, records, strict=True)]
+    with path.open("w") as handle:
+        for row in records:
+            handle.write(json.dumps(row) + "\n")

@@ -1,0 +1,222 @@
+"""The host loop that runs one batch of problems through the SMC step until every trace ends.
+
+Each iteration is one Feynman-Kac step (resample, move, reweight) over the whole batch:
+the resampling decision comes back to the host as a few flags per group, the rows are
+gathered only when some group resampled, and the step's counters and checks come back as
+a :class:`~ppl.inference.llm.population.StepInfo`. The language model's state never leaves
+the device. With a :class:`~ppl.reward_model.HostReward` the step is split in two: the move
+is compiled, the traces of the rows that moved are decoded and scored in Python, and the
+reweighting is compiled again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ppl.inference.llm import population as P
+from ppl.inference.smc.base import GroupResampling
+
+from ppl.reward_model import AbstractRewardModel, HostReward
+
+__all__ = ["BatchOutput", "Budget", "ResamplePolicy", "run_batch"]
+
+# (keys, population, step) -> a decision, or None to keep every particle this step; keys
+# holds one PRNG key per group.
+ResamplePolicy = Callable[[Any, P.Population, int], GroupResampling | None]
+
+
+class Budget(NamedTuple):
+    """What a batch cost, per problem (group) except the forward passes.
+
+    Attributes:
+        tokens: ``(G,)`` sampled tokens, every one counted once (discarded particles too).
+        reward_calls: ``(G,)`` particle steps scored by the reward.
+        forward_passes: sequential decoding passes of the language model over the batch.
+    """
+
+    tokens: np.ndarray
+    reward_calls: np.ndarray
+    forward_passes: int
+
+
+class BatchOutput(NamedTuple):
+    """The final population of a batch, on the host.
+
+    Attributes:
+        tokens: ``(B, max_length)`` generated tokens; ``length`` ``(B,)`` how many.
+        step_lengths: ``(B, max_steps)``; ``num_steps``: ``(B,)``.
+        score: ``(B,)`` final aggregated reward scores.
+        finished: ``(B,)``.
+        log_weights: ``(G, N)`` normalised final log-weights.
+        log_evidence: ``(G,)`` (``increment`` potential; 0 otherwise).
+        collapsed: ``(G,)`` groups whose weights all became zero (with ``allow_collapse``).
+        budget: :class:`Budget`.
+        history: per step, ``ess`` and ``resampled`` ``(G,)`` and ``num_active`` ``(G,)``.
+    """
+
+    tokens: np.ndarray
+    length: np.ndarray
+    step_lengths: np.ndarray
+    num_steps: np.ndarray
+    score: np.ndarray
+    finished: np.ndarray
+    log_weights: np.ndarray
+    log_evidence: np.ndarray
+    collapsed: np.ndarray
+    budget: Budget
+    history: dict
+
+
+@jax.jit
+def _step_keys(problem_keys, step, row_particles):
+    """Per-step keys that depend only on each problem's key: ``(G,)`` for resampling and
+    ``(B,)`` (one per particle) for sampling, so batching never changes a problem's draws."""
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(problem_keys)
+    resample_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(step_keys)
+    move_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(step_keys)
+    rows = jnp.repeat(move_keys, row_particles.shape[0] // problem_keys.shape[0], axis=0)
+    return resample_keys, jax.vmap(jax.random.fold_in)(rows, row_particles)
+
+
+def run_batch(
+    problem_keys,
+    *,
+    lm,
+    reward: AbstractRewardModel | HostReward | None,
+    prompts: Sequence[str],
+    prompt_ids: np.ndarray,
+    prompt_lengths: np.ndarray,
+    context: Any,
+    max_length: int,
+    settings: P.Settings,
+    policy: ResamplePolicy | None,
+    decode: Callable[[Sequence[int]], str],
+    reference: P.Reference | None = None,
+    allow_collapse: bool = False,
+    on_step: Callable[[int, P.StepInfo], None] | None = None,
+    group_labels: Sequence[str] | None = None,
+) -> BatchOutput:
+    """Runs ``len(prompts)`` problems of ``settings.num_particles`` particles to the end.
+
+    Args:
+        problem_keys: ``(G,)`` PRNG keys, one per problem: a problem's draws depend on its
+            key only, not on the other problems of the batch.
+        lm: the token model.
+        reward: a JAX reward model, a host reward, or None (every score 1).
+        prompts: one per group (for host rewards and error messages).
+        prompt_ids, prompt_lengths: ``(G, width)`` and ``(G,)`` right-padded prompt tokens.
+        context: the JAX reward's ``prepare(prompts)`` output (or None).
+        max_length: the buffer length (prompt plus trace).
+        settings: the step's static settings.
+        policy: the resampling rule, or None (never resample: independent samples).
+        decode: token ids to text (host rewards and messages).
+        reference: conditional SMC's retained traces (slot 0 of every group), or None.
+        allow_collapse: record a group whose weights all vanish instead of raising.
+        on_step: called after every step with its info (progress bars).
+        group_labels: how errors name the groups (default: the prompts).
+    """
+    n = settings.num_particles
+    groups = len(prompts)
+    labels = list(group_labels) if group_labels is not None else [repr(p) for p in prompts]
+    jax_reward = reward if isinstance(reward, AbstractRewardModel) else None
+    host_reward = reward if isinstance(reward, HostReward) else None
+    population = P.init_jit(
+        lm, jax_reward, jnp.asarray(prompt_ids), jnp.asarray(prompt_lengths), context,
+        max_length, settings,
+    )
+    row_prompts = [p for p in prompts for _ in range(n)]
+    texts = [""] * (groups * n)
+    tokens = np.zeros(groups, np.int64)
+    reward_calls = np.zeros(groups, np.int64)
+    forward_passes = 0
+    collapsed = np.zeros(groups, bool)
+    history = {"ess": [], "resampled": [], "num_active": []}
+    row_particles = jnp.tile(jnp.arange(n, dtype=jnp.uint32), groups)
+    for step in range(settings.max_steps):
+        resample_keys, move_keys = _step_keys(problem_keys, step, row_particles)
+        if policy is not None and step > 0:
+            decision = policy(resample_keys, population, step)
+            if decision is not None:
+                resampled = np.asarray(decision.resampled)
+                history["ess"].append(np.asarray(decision.ess))
+                history["resampled"].append(resampled)
+                if resampled.any():
+                    ancestors = decision.flat_ancestors()
+                    population = P.reorder_jit(
+                        (lm, jax_reward, ancestors, decision.log_weights), population
+                    )
+                    if host_reward is not None:
+                        texts = [texts[i] for i in np.asarray(ancestors)]
+        step_index = jnp.int32(step)
+        if host_reward is None:
+            population, info = P.advance_jit(
+                (move_keys, lm, jax_reward, reference, step_index), population, settings
+            )
+        else:
+            moved = P.move_jit((move_keys, lm, reference, step_index), population, settings)
+            scores, texts = _score_on_host(host_reward, moved, row_prompts, texts, decode)
+            population, info = P.reweight_jit(jnp.asarray(scores), moved, settings)
+        info = jax.device_get(info)
+        _check_step(info, step, labels, n, reward, settings, allow_collapse)
+        collapsed |= np.asarray(info.collapsed)
+        tokens += np.asarray(info.tokens)
+        reward_calls += np.asarray(info.scored) if reward is not None else 0
+        forward_passes += int(info.forward_passes)
+        history["num_active"].append(np.asarray(info.num_active))
+        if on_step is not None:
+            on_step(step, info)
+        if not np.any(info.num_active):
+            break
+    final = jax.device_get(population)
+    return BatchOutput(
+        tokens=np.asarray(final.tokens),
+        length=np.asarray(final.length),
+        step_lengths=np.asarray(final.step_lengths),
+        num_steps=np.asarray(final.num_steps),
+        score=np.asarray(final.score),
+        finished=np.asarray(final.finished),
+        log_weights=np.asarray(P.final_log_weights(population)),
+        log_evidence=np.asarray(final.log_evidence),
+        collapsed=collapsed,
+        budget=Budget(tokens, reward_calls, forward_passes),
+        history={k: np.asarray(v) for k, v in history.items()},
+    )
+
+
+def _score_on_host(host_reward, moved, row_prompts, texts, decode):
+    """Decodes the traces of the rows that moved and scores them with the host reward."""
+    pop = jax.device_get(moved.population)
+    is_moved = np.asarray(jax.device_get(moved.moved))
+    reward_tokens = np.asarray(jax.device_get(moved.reward_tokens))
+    scores = np.ones(len(texts), np.float32)
+    rows = np.flatnonzero(is_moved & (reward_tokens > 0))
+    texts = list(texts)
+    for row in np.flatnonzero(is_moved):
+        texts[row] = decode(pop.tokens[row, : pop.length[row]])
+    if rows.size:
+        scores[rows] = host_reward([row_prompts[r] for r in rows], [texts[r] for r in rows])
+    return scores, texts
+
+
+def _check_step(info, step, labels, n, reward, settings, allow_collapse):
+    """Host-side checks after a step: bad reward scores and collapsed groups."""
+    row = int(info.bad_score_row)
+    if row >= 0:
+        name = repr(reward) if reward is not None else "reward"
+        raise ValueError(
+            f"The reward {name} returned {float(info.bad_score)!r} for particle {row % n} of "
+            f"problem {labels[row // n]} at step {step}: expected a score in [0, 1]."
+        )
+    collapsed = np.asarray(info.collapsed)
+    if collapsed.any() and not allow_collapse:
+        group = int(np.argmax(collapsed))
+        raise ValueError(
+            f"Every particle's weight is zero at step {step} for problem {labels[group]}: the "
+            f"reward gave every particle a score of 0. Clip the scores (score_clip > 0, the "
+            f"default 1e-7 keeps every weight positive) or pass allow_collapse=True to record "
+            f"such problems (log-evidence -inf, no answer) and go on."
+        )
