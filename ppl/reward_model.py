@@ -108,6 +108,14 @@ class AbstractRewardModel(eqx.Module):
         """Gathers rows ``ancestors`` of every leaf (batch on axis 0; override otherwise)."""
         return jax.tree.map(lambda x: jnp.take(x, ancestors, axis=0), state)
 
+    def copy_rows(
+        self, state: RewardState, destinations: Int[Array, " k"], sources: Int[Array, " k"]
+    ) -> RewardState:
+        """Row ``destinations[i]`` becomes a copy of row ``sources[i]`` (out-of-range
+        destinations ignored; see ``AbstractTokenModel.copy_rows``). The default writes
+        every leaf's rows in place (batch on axis 0; override otherwise)."""
+        return jax.tree.map(lambda x: x.at[destinations].set(x[sources], mode="drop"), state)
+
 
 class HostReward:
     """A reward computed in Python on decoded text: the host path.

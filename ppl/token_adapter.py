@@ -8,7 +8,8 @@ particles and with static shapes so that nothing recompiles as sequences grow:
 - step sampling (generate one reasoning step, up to a stop token, for every particle),
 - forced steps (append given tokens and score them under the model and under the tempered
   proposal, as conditional SMC needs for its reference trace),
-- reordering after resampling (a gather along the batch axis, KV cache included),
+- reordering after resampling (a gather along the batch axis, KV cache included, or a copy
+  into the rows of the particles that died only),
 - a cache-free reference path for testing.
 
 Implementations live in ``models/lm/``; this module imports nothing from ``models/`` or
@@ -26,6 +27,7 @@ import abc
 from typing import Any, NamedTuple
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 __all__ = ["AbstractTokenModel", "TokenState", "StepOutput"]
@@ -172,6 +174,25 @@ class AbstractTokenModel(eqx.Module):
         Callers that no longer need the old state should donate it to the jitted call, so
         that memory does not double.
         """
+
+    def copy_rows(
+        self,
+        state: TokenState,
+        destinations: Int[Array, " k"],
+        sources: Int[Array, " k"],
+    ) -> TokenState:
+        """Row ``destinations[i]`` becomes a copy of row ``sources[i]``; other rows stay.
+
+        Destinations out of range (``>= batch``) are ignored, so a fixed-size list can carry
+        any number of copies; no destination may also be a source. After resampling with
+        survivors in their own slots, only the dead particles' rows are written: far less
+        than a full ``reorder`` of the KV cache. The default is one ``reorder``.
+        """
+        batch = state.lengths.shape[0]
+        ancestors = jnp.arange(batch, dtype=jnp.int32).at[destinations].set(
+            jnp.asarray(sources, jnp.int32), mode="drop"
+        )
+        return self.reorder(state, ancestors)
 
     @abc.abstractmethod
     def log_probs(

@@ -145,12 +145,11 @@ def run_batch(
                 history["ess"].append(np.asarray(decision.ess))
                 history["resampled"].append(resampled)
                 if resampled.any():
-                    ancestors = decision.flat_ancestors()
-                    population = P.reorder_jit(
-                        (lm, jax_reward, ancestors, decision.log_weights), population
-                    )
+                    ancestors = np.asarray(decision.flat_ancestors())
+                    population = _copy_offspring(lm, jax_reward, population, ancestors,
+                                                 decision.log_weights)
                     if host_reward is not None:
-                        texts = [texts[i] for i in np.asarray(ancestors)]
+                        texts = [texts[i] for i in ancestors]
         step_index = jnp.int32(step)
         if host_reward is None:
             population, info = P.advance_jit(
@@ -184,6 +183,23 @@ def run_batch(
         collapsed=collapsed,
         budget=Budget(tokens, reward_calls, forward_passes),
         history={k: np.asarray(v) for k, v in history.items()},
+    )
+
+
+def _copy_offspring(lm, reward, population, ancestors: np.ndarray, log_weights):
+    """Writes each dead particle's row from its new parent (offspring are in place: see
+    :func:`ppl.inference.smc.base.in_place`), in a fixed number of rows rounded up to a
+    power of two, so that the copy compiles a few times only and costs what moved."""
+    rows = np.flatnonzero(ancestors != np.arange(len(ancestors)))
+    if rows.size == 0:
+        return population._replace(log_weights=log_weights)
+    size = min(len(ancestors), max(8, 1 << int(np.ceil(np.log2(rows.size)))))
+    destinations = np.full(size, len(ancestors), np.int32)
+    sources = np.zeros(size, np.int32)
+    destinations[: rows.size] = rows
+    sources[: rows.size] = ancestors[rows]
+    return P.copy_rows_jit(
+        (lm, reward, jnp.asarray(destinations), jnp.asarray(sources), log_weights), population
     )
 
 

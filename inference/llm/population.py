@@ -228,6 +228,33 @@ def reorder(
     )
 
 
+def copy_rows(
+    lm: AbstractTokenModel,
+    reward: AbstractRewardModel | None,
+    population: Population,
+    destinations: Int[Array, " k"],
+    sources: Int[Array, " k"],
+    log_weights: Float[Array, "groups n"],
+) -> Population:
+    """:func:`reorder` for offspring arranged in place: only the dead particles' rows are
+    written (``destinations[i]`` from ``sources[i]``; out-of-range destinations ignored)."""
+    TRACE_COUNTS["copy_rows"] += 1
+    write = lambda x: x.at[destinations].set(x[sources], mode="drop")  # noqa: E731
+    pop = population
+    return pop._replace(
+        lm=lm.copy_rows(pop.lm, destinations, sources),
+        reward=None if pop.reward is None else reward.copy_rows(pop.reward, destinations,
+                                                                sources),
+        tokens=write(pop.tokens),
+        length=write(pop.length),
+        step_lengths=write(pop.step_lengths),
+        num_steps=write(pop.num_steps),
+        score=write(pop.score),
+        finished=write(pop.finished),
+        log_weights=log_weights,
+    )
+
+
 class Moved(NamedTuple):
     """A population after the language model's move, before the reward.
 
@@ -416,6 +443,13 @@ def reorder_jit(inputs, population):
     """``reorder`` with ``inputs = (lm, reward, ancestors, log_weights)``."""
     lm, reward, ancestors, log_weights = inputs
     return reorder(lm, reward, population, ancestors, log_weights)
+
+
+@eqx.filter_jit(donate="all-except-first")
+def copy_rows_jit(inputs, population):
+    """``copy_rows`` with ``inputs = (lm, reward, destinations, sources, log_weights)``."""
+    lm, reward, destinations, sources, log_weights = inputs
+    return copy_rows(lm, reward, population, destinations, sources, log_weights)
 
 
 @eqx.filter_jit(donate="all-except-first")

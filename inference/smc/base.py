@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from ppl.inference.smc.resampling import (
+    counts_to_indices,
     effective_sample_size,
     get_resampler,
     normalize_log_weights,
@@ -52,6 +53,7 @@ __all__ = [
     "resample_groups",
     "GroupResampling",
     "gather_if",
+    "in_place",
     "check_ess_threshold",
     "check_num_particles",
     "raise_on_bad_steps",
@@ -188,6 +190,25 @@ def resample_decision(
     return ancestors, log_w_after, resampled, ess
 
 
+def in_place(ancestors: Int[Array, " n"]) -> Int[Array, " n"]:
+    """The same offspring, arranged so that every surviving particle keeps its own slot.
+
+    Particles are exchangeable, so any arrangement of the offspring is the same resampling;
+    this one moves the fewest rows: slot ``i`` keeps particle ``i`` when ``i`` has
+    offspring, and the extra copies fill the slots of the particles that died, in index
+    order. Gathering then only has to copy into those slots (a KV cache is large).
+    """
+    num = ancestors.shape[0]
+    counts = jnp.zeros(num, jnp.int32).at[ancestors].add(1)
+    kept = counts > 0
+    extra = jnp.maximum(counts - 1, 0)
+    # Extra copy k belongs to the particle whose run of extra copies holds position k.
+    extras = counts_to_indices(jnp.cumsum(extra) - extra, num)
+    free_rank = jnp.cumsum(~kept) - 1
+    return jnp.where(kept, jnp.arange(num, dtype=ancestors.dtype),
+                     extras[jnp.clip(free_rank, 0, num - 1)]).astype(ancestors.dtype)
+
+
 class GroupResampling(NamedTuple):
     """What :func:`resample_groups` decided, group by group.
 
@@ -235,7 +256,8 @@ def resample_groups(
     (partial resampling), so that ``sum_i W_i f(X_i)`` stays unbiased. When only some of a
     group's particles are active, its ``n`` draws are shuffled before the active slots take
     theirs (a uniform subset of unbiased draws is unbiased; the first draws of a sorted
-    scheme would not be).
+    scheme would not be). Offspring are arranged :func:`in_place`: a surviving particle keeps
+    its own slot, so only the slots of the particles that died need copying into.
 
     Args:
         key: PRNG key, or ``(groups,)`` keys, one per group (a group's draws then depend on
@@ -295,6 +317,7 @@ def resample_groups(
         ancestors = jnp.where(active, chosen, own)
         if keep_first:
             ancestors = ancestors.at[0].set(0)
+        ancestors = in_place(ancestors)
         share = jnp.log(jnp.maximum(num_active, 1)).astype(log_w.dtype)
         if resample_log_weights is None:
             after = jnp.where(active, mass - share, log_w)

@@ -83,7 +83,8 @@ def anneal_to_ess(
     active = jnp.ones(log_weights.shape, bool) if active is None else jnp.asarray(active, bool)
     masked = jnp.where(active, log_weights, -jnp.inf)
     top = jnp.max(masked)
-    centred = jnp.where(active & jnp.isfinite(masked), masked - jnp.where(jnp.isfinite(top), top, 0.0), -jnp.inf)
+    shift = jnp.where(jnp.isfinite(top), top, 0.0)
+    centred = jnp.where(active & jnp.isfinite(masked), masked - shift, -jnp.inf)
     goal = target_ess * jnp.sum(active)
 
     def ess(b):

@@ -289,6 +289,37 @@ class TransformerTokenModel(AbstractTokenModel):
             alive=state.alive[ancestors],
         )
 
+    def copy_rows(
+        self,
+        state: TokenState,
+        destinations: Int[Array, " k"],
+        sources: Int[Array, " k"],
+    ) -> TokenState:
+        destinations = jnp.asarray(destinations, jnp.int32)
+        sources = jnp.asarray(sources, jnp.int32)
+        _check_rank("destinations", destinations, 1)
+        batch = state.lengths.shape[0]
+        valid = destinations < batch
+        longest = jnp.max(jnp.where(valid, state.lengths[jnp.clip(sources, 0, batch - 1)], 0))
+        write = lambda x: x.at[destinations].set(x[sources], mode="drop")  # noqa: E731
+
+        def blocks(layers):
+            out, start = [], 0
+            for layer in layers:
+                new = []
+                for block, end in zip(layer, state.cache.block_ends, strict=True):
+                    # A block no copied row has reached holds nothing to copy.
+                    new.append(jax.lax.cond(longest > start, write, lambda b: b, block))
+                    start = end
+                out.append(tuple(new))
+                start = 0
+            return tuple(out)
+
+        cache = state.cache._replace(keys=blocks(state.cache.keys),
+                                     values=blocks(state.cache.values))
+        return TokenState(cache, write(state.lengths), write(state.last_log_probs),
+                          write(state.alive))
+
     def log_probs(
         self, token_ids: Int[Array, "batch length"]
     ) -> Float[Array, "batch length vocab"]:

@@ -297,3 +297,14 @@ def test_annealing_reaches_the_target_ess_and_keeps_zero_weights():
     annealed, b = resampling.anneal_to_ess(log_w, 0.6, active=active)
     ess = float(smc.effective_sample_size(jnp.where(active, annealed, -jnp.inf)))
     assert abs(ess - 0.6 * 4) < 0.01
+
+
+def test_offspring_in_place_keep_survivors_in_their_slots():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        ancestors = np.sort(rng.integers(0, 12, 12)).astype(np.int32)
+        arranged = np.asarray(base.in_place(jnp.asarray(ancestors)))
+        assert sorted(arranged.tolist()) == ancestors.tolist()  # the same offspring
+        survivors = np.unique(ancestors)
+        assert np.all(arranged[survivors] == survivors)  # each survivor in its own slot
+        assert np.sum(arranged != np.arange(12)) == 12 - survivors.size  # fewest moves

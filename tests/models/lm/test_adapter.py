@@ -166,6 +166,36 @@ def test_a_rows_draws_depend_on_its_own_key_only(model):
         step(model, keys[:2], model.init_state(prompts, lengths, 20))
 
 
+def test_copy_rows_equals_reorder_on_every_block(model):
+    """Copying rows into others gives the state a full reorder gives, also when the copied
+    rows reach a later block of the cache (and a block none reached is left alone)."""
+    blocked = lm.TransformerTokenModel(model.transformer, block_length=8)
+    prompts, lengths = _padded(np.random.default_rng(7), [3, 12, 5, 2], 12, model.vocab_size)
+    state = blocked.init_state(prompts, lengths, 24)
+    for destinations, sources in (([1, 3], [2, 0]), ([0, 2, 4], [1, 1, 0])):
+        ancestors = np.arange(4)
+        for d, src in zip(destinations, sources, strict=True):
+            if d < 4:
+                ancestors[d] = src
+        copied = blocked.copy_rows(state, jnp.asarray(destinations), jnp.asarray(sources))
+        gathered = blocked.reorder(state, jnp.asarray(ancestors))
+        np.testing.assert_array_equal(copied.lengths, gathered.lengths)
+        np.testing.assert_array_equal(copied.last_log_probs, gathered.last_log_probs)
+        np.testing.assert_array_equal(copied.alive, gathered.alive)
+        # Every slot a row attends to holds the same keys and values (stale ones may differ).
+        for name in ("keys", "values"):
+            for a, b in zip(getattr(copied.cache, name), getattr(gathered.cache, name),
+                            strict=True):
+                a, b = np.concatenate(a, axis=2), np.concatenate(b, axis=2)
+                for row, length in enumerate(np.asarray(copied.lengths)):
+                    np.testing.assert_array_equal(a[row, :, :length], b[row, :, :length])
+        _, out_copied = blocked.sample_step(jax.random.key(0), copied, temperature=0.0,
+                                            stop_ids=jnp.array([3]), max_new_tokens=4)
+        _, out_gathered = blocked.sample_step(jax.random.key(0), gathered, temperature=0.0,
+                                              stop_ids=jnp.array([3]), max_new_tokens=4)
+        np.testing.assert_array_equal(out_copied.tokens, out_gathered.tokens)
+
+
 def test_end_token_kills_row_and_full_buffer_stops():
     import jax.random as jr
     from ppl.models.lm import qwen2
