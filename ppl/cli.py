@@ -16,8 +16,10 @@ __all__ = ["main", "resolve_model"]
 # name -> module providing add_parser(subparsers) and run(args)
 _PLUGINS = {
     "coverage": "ppl.diagnostics.coverage_cli",
-    "lm": "ppl.models.lm.cli",
 }
+# ``ppl lm`` gathers the commands of the language-model testbed and of the algorithms, which
+# do not import each other: module -> its add_commands(lm_subparsers).
+_LM_COMMANDS = ("ppl.models.lm.cli", "ppl.lm_cli")
 
 
 def resolve_model(spec: str):
@@ -162,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         plugin = module.add_parser(sub)
         plugin.set_defaults(func=module.run)
+    lm = sub.add_parser("lm", help="language models in JAX, the reasoning testbed and "
+                                   "inference-time scaling (sample, solve, scaling)")
+    lm_commands = lm.add_subparsers(dest="lm_command", required=True)
+    for module_name in _LM_COMMANDS:
+        importlib.import_module(module_name).add_commands(lm_commands)
     return parser
 
 

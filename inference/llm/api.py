@@ -76,6 +76,9 @@ class LMResult:
         candidate_answers: their answers.
         weights: ``(P, N)`` normalised weights the answer was chosen by.
         scores: ``(P, N)`` final (aggregated) reward scores of the candidates.
+        candidate_tokens: ``(P, N)`` tokens of each final trace (its end token included).
+        candidate_steps: ``(P, N)`` steps of each final trace.
+        candidate_reward_calls: ``(P, N)`` of those steps, how many the reward scored.
         log_evidence: ``(P,)`` log-evidence estimates, where the method defines one.
         tokens: ``(P,)`` tokens sampled per problem (every one, discarded particles too).
         reward_calls: ``(P,)`` particle steps scored by the reward.
@@ -84,6 +87,10 @@ class LMResult:
         wall_time: seconds for the whole run.
         settings: what ran.
         extra: method-specific records, per batch.
+        timings: with ``profile=True``: seconds in the language model (``lm``), the reward
+            (``reward``), everything else (``smc``: resampling, copies, bookkeeping and the
+            host loop) and the whole run (``wall``; choosing answers and decoding the final
+            traces come after it).
     """
 
     method: str
@@ -94,6 +101,9 @@ class LMResult:
     candidate_answers: list[list[Any]]
     weights: np.ndarray
     scores: np.ndarray
+    candidate_tokens: np.ndarray
+    candidate_steps: np.ndarray
+    candidate_reward_calls: np.ndarray
     log_evidence: np.ndarray | None
     tokens: np.ndarray
     reward_calls: np.ndarray
@@ -102,6 +112,7 @@ class LMResult:
     wall_time: float
     settings: dict
     extra: list[dict]
+    timings: dict | None = None
 
     def records(self) -> list[dict]:
         """One JSON-ready dict per problem (what ``ppl lm solve --out`` writes)."""
@@ -204,6 +215,7 @@ def run(
     batch_size: int = 256,
     allow_collapse: bool = False,
     progress_bar: bool | None = None,
+    profile: bool = False,
     **settings,
 ) -> LMResult:
     """Runs an inference-time-scaling method on many prompts.
@@ -233,6 +245,8 @@ def run(
         allow_collapse: when every weight of a problem vanishes (a zero-score reward with
             ``score_clip=0``), record it (no answer, log-evidence -inf) instead of raising.
         progress_bar: show one (default: when stderr is a terminal).
+        profile: time the language model and the reward apart (``LMResult.timings``; each
+            step then runs in separately synchronised pieces, slightly slower).
         **settings: the method's own (``potential``, ``weight_temperature``, ``select``,
             ``expansions``, ``num_iterations``, ``target_ess``, ``lookahead_tokens``, ...).
 
@@ -293,6 +307,7 @@ def run(
     )
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
     outputs, extras = [], []
+    timings = {"lm": 0.0, "reward": 0.0, "resample": 0.0, "copy": 0.0} if profile else None
     start = time.perf_counter()
     with ProgressBar(len(prompts) if ProgressBar.wanted(progress_bar) else 0,
                      desc=method) as bar:
@@ -310,14 +325,18 @@ def run(
                 lm=model, reward=reward, prompts=batch_prompts, prompt_ids=ids,
                 prompt_lengths=lengths, context=context, max_length=int(max_length), step=step,
                 decode=tokenizer.decode, allow_collapse=allow_collapse, on_step=None,
-                labels=[f"{i} ({prompts[i]!r})" for i in padded],
+                labels=[f"{i} ({prompts[i]!r})" for i in padded], timings=timings,
             )
             out = spec.fn(problem_keys[first : first + groups], job, **settings)
             outputs.append((chunk, out))
             extras.append(out.extra)
             bar.update_to(chunk[-1] + 1)
     wall_time = time.perf_counter() - start
+    if timings is not None:
+        timings["wall"] = wall_time
+        timings["smc"] = wall_time - timings["lm"] - timings["reward"]
     return _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_time,
+                     timings,
                      settings={"num_particles": num_particles, "temperature": temperature,
                                "aggregation": aggregation, "score_clip": score_clip,
                                "max_step_tokens": max_step_tokens, "max_steps": max_steps,
@@ -325,9 +344,11 @@ def run(
                                "reward": repr(reward), **settings})
 
 
-def _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_time, settings):
+def _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_time, timings,
+              settings):
     traces, answers, candidates, candidate_answers = [], [], [], []
     weights, scores, evidence, tokens, calls, collapsed = [], [], [], [], [], []
+    candidate_tokens, candidate_steps, candidate_calls = [], [], []
     passes, has_evidence = 0, True
     for chunk, out in outputs:
         batch = out.batch
@@ -349,6 +370,9 @@ def _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_
             total = w.sum()
             weights.append(w / total if total > 0 else np.full(n, 1.0 / n))
             scores.append(batch.score[g * n : (g + 1) * n])
+            candidate_tokens.append(batch.length[g * n : (g + 1) * n])
+            candidate_steps.append(batch.num_steps[g * n : (g + 1) * n])
+            candidate_calls.append(batch.num_scored[g * n : (g + 1) * n])
             evidence.append(out.log_evidence[g] if out.log_evidence is not None else np.nan)
             tokens.append(batch.budget.tokens[g])
             calls.append(batch.budget.reward_calls[g])
@@ -362,6 +386,9 @@ def _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_
         candidate_answers=candidate_answers,
         weights=np.asarray(weights),
         scores=np.asarray(scores),
+        candidate_tokens=np.asarray(candidate_tokens),
+        candidate_steps=np.asarray(candidate_steps),
+        candidate_reward_calls=np.asarray(candidate_calls),
         log_evidence=np.asarray(evidence) if has_evidence else None,
         tokens=np.asarray(tokens),
         reward_calls=np.asarray(calls),
@@ -370,6 +397,7 @@ def _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_
         wall_time=wall_time,
         settings=settings,
         extra=extras,
+        timings=timings,
     )
 
 

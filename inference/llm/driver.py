@@ -11,6 +11,7 @@ reweighting is compiled again.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -48,7 +49,7 @@ class BatchOutput(NamedTuple):
 
     Attributes:
         tokens: ``(B, max_length)`` generated tokens; ``length`` ``(B,)`` how many.
-        step_lengths: ``(B, max_steps)``; ``num_steps``: ``(B,)``.
+        step_lengths: ``(B, max_steps)``; ``num_steps``, ``num_scored``: ``(B,)``.
         score: ``(B,)`` final aggregated reward scores.
         finished: ``(B,)``.
         log_weights: ``(G, N)`` normalised final log-weights.
@@ -62,6 +63,7 @@ class BatchOutput(NamedTuple):
     length: np.ndarray
     step_lengths: np.ndarray
     num_steps: np.ndarray
+    num_scored: np.ndarray
     score: np.ndarray
     finished: np.ndarray
     log_weights: np.ndarray
@@ -99,6 +101,7 @@ def run_batch(
     allow_collapse: bool = False,
     on_step: Callable[[int, P.StepInfo], None] | None = None,
     group_labels: Sequence[str] | None = None,
+    timings: dict | None = None,
 ) -> BatchOutput:
     """Runs ``len(prompts)`` problems of ``settings.num_particles`` particles to the end.
 
@@ -118,16 +121,22 @@ def run_batch(
         allow_collapse: record a group whose weights all vanish instead of raising.
         on_step: called after every step with its info (progress bars).
         group_labels: how errors name the groups (default: the prompts).
+        timings: when a dict, each step runs in separately timed pieces and the seconds
+            spent in the language model (``"lm"``) and the reward (``"reward"``) are added
+            to it (profiling; the split adds a little dispatch of its own).
     """
     n = settings.num_particles
     groups = len(prompts)
     labels = list(group_labels) if group_labels is not None else [repr(p) for p in prompts]
     jax_reward = reward if isinstance(reward, AbstractRewardModel) else None
     host_reward = reward if isinstance(reward, HostReward) else None
+    clock = time.perf_counter()
     population = P.init_jit(
         lm, jax_reward, jnp.asarray(prompt_ids), jnp.asarray(prompt_lengths), context,
         max_length, settings,
     )
+    # Reading the prompts is the models' forward pass (most of it the language model's).
+    _lap(timings, "lm", clock, population)
     row_prompts = [p for p in prompts for _ in range(n)]
     texts = [""] * (groups * n)
     tokens = np.zeros(groups, np.int64)
@@ -139,26 +148,40 @@ def run_batch(
     for step in range(settings.max_steps):
         resample_keys, move_keys = _step_keys(problem_keys, step, row_particles)
         if policy is not None and step > 0:
+            clock = time.perf_counter()
             decision = policy(resample_keys, population, step)
             if decision is not None:
-                resampled = np.asarray(decision.resampled)
-                history["ess"].append(np.asarray(decision.ess))
+                resampled, ess, local = jax.device_get(
+                    (decision.resampled, decision.ess, decision.ancestors))
+                history["ess"].append(ess)
                 history["resampled"].append(resampled)
+                clock = _lap(timings, "resample", clock, None)
                 if resampled.any():
-                    ancestors = np.asarray(decision.flat_ancestors())
+                    ancestors = (local + n * np.arange(groups)[:, None]).reshape(-1)
                     population = _copy_offspring(lm, jax_reward, population, ancestors,
                                                  decision.log_weights)
+                    _lap(timings, "copy", clock, population)
                     if host_reward is not None:
                         texts = [texts[i] for i in ancestors]
         step_index = jnp.int32(step)
-        if host_reward is None:
+        if host_reward is None and timings is None:
             population, info = P.advance_jit(
                 (move_keys, lm, jax_reward, reference, step_index), population, settings
             )
         else:
+            clock = time.perf_counter()
             moved = P.move_jit((move_keys, lm, reference, step_index), population, settings)
-            scores, texts = _score_on_host(host_reward, moved, row_prompts, texts, decode)
-            population, info = P.reweight_jit(jnp.asarray(scores), moved, settings)
+            clock = _lap(timings, "lm", clock, moved)
+            reward_state = None
+            if host_reward is not None:
+                scores, texts = _score_on_host(host_reward, moved, row_prompts, texts, decode)
+                scores = jnp.asarray(scores)
+            elif jax_reward is not None:
+                reward_state, scores = P.score_jit(jax_reward, moved)
+            else:
+                scores = None
+            clock = _lap(timings, "reward", clock, scores)
+            population, info = P.reweight_jit((scores, reward_state), moved, settings)
         info = jax.device_get(info)
         _check_step(info, step, labels, n, reward, settings, allow_collapse)
         collapsed |= np.asarray(info.collapsed)
@@ -170,12 +193,14 @@ def run_batch(
             on_step(step, info)
         if not np.any(info.num_active):
             break
-    final = jax.device_get(population)
+    # Everything but the models' states (the KV cache stays on the device).
+    final = jax.device_get(population._replace(lm=None, reward=None))
     return BatchOutput(
         tokens=np.asarray(final.tokens),
         length=np.asarray(final.length),
         step_lengths=np.asarray(final.step_lengths),
         num_steps=np.asarray(final.num_steps),
+        num_scored=np.asarray(final.num_scored),
         score=np.asarray(final.score),
         finished=np.asarray(final.finished),
         log_weights=np.asarray(P.final_log_weights(population)),
@@ -184,6 +209,16 @@ def run_batch(
         budget=Budget(tokens, reward_calls, forward_passes),
         history={k: np.asarray(v) for k, v in history.items()},
     )
+
+
+def _lap(timings, name, clock, outputs):
+    """Adds the time since ``clock`` to ``timings[name]`` once ``outputs`` are computed."""
+    if timings is None:
+        return clock
+    jax.block_until_ready(outputs)
+    now = time.perf_counter()
+    timings[name] = timings.get(name, 0.0) + now - clock
+    return now
 
 
 def _copy_offspring(lm, reward, population, ancestors: np.ndarray, log_weights):

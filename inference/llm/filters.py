@@ -175,7 +175,8 @@ def _entropic_decision(rule: _Entropic, keys, population):
             out.tokens, jnp.maximum(out.num_tokens - 1, 0)[:, None], axis=1
         )[:, 0]
         ended = (out.num_tokens > 0) & jnp.isin(last, jnp.asarray(s.end_ids or (-1,), jnp.int32))
-        looked = rule.reward.extend(population.reward, out.tokens, out.num_tokens - ended)
+        looked = P.read_tokens(rule.reward, population.reward, out.tokens,
+                               out.num_tokens - ended)
         ahead = jnp.where(out.num_tokens - ended > 0,
                           aggregate(s.aggregation, population.score, looked.score),
                           population.score)

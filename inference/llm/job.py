@@ -28,6 +28,7 @@ class Job(NamedTuple):
         allow_collapse: record collapsed problems instead of raising.
         on_step: progress callback ``(step, info)``.
         labels: how errors name the problems.
+        timings: a dict the driver adds its profile to, or None (no profiling).
     """
 
     lm: Any
@@ -42,6 +43,7 @@ class Job(NamedTuple):
     allow_collapse: bool
     on_step: Callable | None
     labels: Sequence[str]
+    timings: dict | None = None
 
 
 class MethodOutput(NamedTuple):
@@ -80,4 +82,5 @@ def run_job(problem_keys, job: Job, settings: P.Settings, policy, reference=None
         allow_collapse=job.allow_collapse,
         on_step=job.on_step,
         group_labels=job.labels,
+        timings=job.timings,
     )

@@ -114,6 +114,7 @@ class Population(NamedTuple):
         length: ``(B,)`` how many tokens each row has generated.
         step_lengths: ``(B, max_steps)`` tokens of each step.
         num_steps: ``(B,)`` steps taken.
+        num_scored: ``(B,)`` steps the reward scored (all but a step that is an end token).
         score: ``(B,)`` aggregated score of each row's trace so far (1 before any step).
         finished: ``(B,)`` absorbed rows.
         log_weights: ``(G, N)`` unnormalised log-weights.
@@ -126,6 +127,7 @@ class Population(NamedTuple):
     length: Int[Array, " rows"]
     step_lengths: Int[Array, "rows steps"]
     num_steps: Int[Array, " rows"]
+    num_scored: Int[Array, " rows"]
     score: Float[Array, " rows"]
     finished: Bool[Array, " rows"]
     log_weights: Float[Array, "groups n"]
@@ -198,6 +200,7 @@ def init(
         length=jnp.zeros((batch,), jnp.int32),
         step_lengths=jnp.zeros((batch, settings.max_steps), jnp.int32),
         num_steps=jnp.zeros((batch,), jnp.int32),
+        num_scored=jnp.zeros((batch,), jnp.int32),
         score=jnp.ones((batch,), jnp.float32),
         finished=jnp.zeros((batch,), bool),
         log_weights=jnp.full((groups, n), -jnp.log(n), jnp.float32),
@@ -222,6 +225,7 @@ def reorder(
         length=take(population.length),
         step_lengths=take(population.step_lengths),
         num_steps=take(population.num_steps),
+        num_scored=take(population.num_scored),
         score=take(population.score),
         finished=take(population.finished),
         log_weights=log_weights,
@@ -249,6 +253,7 @@ def copy_rows(
         length=write(pop.length),
         step_lengths=write(pop.step_lengths),
         num_steps=write(pop.num_steps),
+        num_scored=write(pop.num_scored),
         score=write(pop.score),
         finished=write(pop.finished),
         log_weights=log_weights,
@@ -344,9 +349,39 @@ def move(
     return Moved(new, out, moved, num - ended.astype(num.dtype), forward_passes)
 
 
+# Columns of a step the reward reads per call: steps are far shorter than the room left for
+# them (``max_step_tokens``), so reading the whole width would mostly read padding.
+REWARD_CHUNK = 16
+
+
+def read_tokens(reward: AbstractRewardModel, state: RewardState, tokens, counts) -> RewardState:
+    """``reward.extend`` over ``tokens[b, :counts[b]]`` in chunks of :data:`REWARD_CHUNK`
+    columns, as many as the longest row needs (the same scores as one call: extending is
+    incremental)."""
+    batch, width = tokens.shape
+    if width <= REWARD_CHUNK:
+        return reward.extend(state, tokens, counts)
+    padded = -(-width // REWARD_CHUNK) * REWARD_CHUNK
+    tokens = jnp.pad(tokens, ((0, 0), (0, padded - width)))
+
+    def cond(carry):
+        index, _ = carry
+        return (index * REWARD_CHUNK < padded) & jnp.any(counts > index * REWARD_CHUNK)
+
+    def body(carry):
+        index, state = carry
+        start = index * REWARD_CHUNK
+        piece = jax.lax.dynamic_slice_in_dim(tokens, start, REWARD_CHUNK, axis=1)
+        return index + 1, reward.extend(state, piece, jnp.clip(counts - start, 0, REWARD_CHUNK))
+
+    _, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
+    return state
+
+
 def score_step(reward: AbstractRewardModel, moved: Moved) -> tuple[RewardState, Array]:
     """The JAX path of ``G_t``: the reward reads each moved row's step (in-graph)."""
-    state = reward.extend(moved.population.reward, moved.output.tokens, moved.reward_tokens)
+    state = read_tokens(reward, moved.population.reward, moved.output.tokens,
+                        moved.reward_tokens)
     return state, state.score
 
 
@@ -416,6 +451,7 @@ def reweight(
     )
     new = pop._replace(
         reward=reward_state if reward_state is not None else pop.reward,
+        num_scored=pop.num_scored + scored,
         score=new_score,
         log_weights=log_weights,
         log_evidence=pop.log_evidence + increment,
@@ -473,10 +509,19 @@ def move_jit(inputs, population, settings):
 
 
 @eqx.filter_jit(donate="all-except-first")
-def reweight_jit(scores, moved, settings):
-    """The host path's second half: scores computed on the host to weights."""
+def reweight_jit(inputs, moved, settings):
+    """The second half of a split step: ``inputs = (scores, reward_state)`` (the host's
+    scores and None, or the JAX reward's) to weights."""
     TRACE_COUNTS["reweight"] += 1
-    return reweight(moved, scores, None, settings)
+    scores, reward_state = inputs
+    return reweight(moved, scores, reward_state, settings)
+
+
+@eqx.filter_jit
+def score_jit(reward, moved):
+    """The JAX reward alone (the split step that profiling times piece by piece)."""
+    TRACE_COUNTS["score"] += 1
+    return score_step(reward, moved)
 
 
 @eqx.filter_jit

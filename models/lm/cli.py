@@ -24,10 +24,8 @@ def _difficulties(text: str) -> list[int]:
     return values
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Adds ``lm`` (with its ``sample`` command) to an argparse subparsers object."""
-    lm = subparsers.add_parser("lm", help="language models in JAX and the reasoning testbed")
-    commands = lm.add_subparsers(dest="lm_command", required=True)
+def add_commands(commands) -> None:
+    """Adds ``sample`` to the ``ppl lm`` subcommands."""
     sample = commands.add_parser("sample", help="sample N solutions, report accuracy by difficulty")
     sample.add_argument(
         "--checkpoint",
@@ -47,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     sample.add_argument("--show", type=int, default=0, help="print this many sampled traces")
-    return lm
+    sample.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     """Stand-alone entry point (``python -m ppl.models.lm.cli sample ...``)."""
-    parser = argparse.ArgumentParser(prog="ppl")
-    add_parser(parser.add_subparsers(dest="command", required=True))
+    parser = argparse.ArgumentParser(prog="ppl lm")
+    add_commands(parser.add_subparsers(dest="lm_command", required=True))
     return run(parser.parse_args(argv))
 
 

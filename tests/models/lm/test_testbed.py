@@ -1,6 +1,5 @@
 """The reasoning testbed: generator, checker, shipped checkpoint, PRMs and the CLI."""
 
-import argparse
 import json
 from pathlib import Path
 
@@ -204,8 +203,9 @@ def test_oracle_and_learned_prm_rank_correct_steps_higher():
 
 
 def test_cli_reports_accuracy_by_difficulty(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    cli.add_parser(parser.add_subparsers(dest="command"))
+    from ppl.cli import build_parser
+
+    parser = build_parser()
     args = parser.parse_args(
         [
             "lm",
