@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--tag", help="only models with this tag")
     zoo.set_defaults(func=_cmd_models)
 
-    for name, module_name in _PLUGINS.items():
+    for module_name in _PLUGINS.values():
         try:
             module = importlib.import_module(module_name)
         except ImportError:

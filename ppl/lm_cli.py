@@ -29,7 +29,9 @@ def _ints(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"Expected comma-separated integers, got {text!r}.") from None
+        raise argparse.ArgumentTypeError(
+            f"Expected comma-separated integers, got {text!r}."
+        ) from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"Expected positive integers, got {text!r}.")
     return values
@@ -144,7 +146,8 @@ def run_solve(args) -> int:
 
     for name in ("particles", "num_problems", "difficulty", "batch_size"):
         if getattr(args, name) < 1:
-            raise ValueError(f"Expected --{name.replace('_', '-')} >= 1, got {getattr(args, name)}.")
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"Expected {flag} >= 1, got {getattr(args, name)}.")
     if args.problems is not None:
         rows = llm.read_problems(args.problems)
     else:
