@@ -4,9 +4,10 @@
                      reward=prm, num_particles=16)
     result.traces[0], result.answers[0], result.weights[0]
 
-Problems are batched ``batch_size // num_particles`` at a time as one flat batch of rows
-(each problem its own group of particles, with its own weights, resampling and evidence),
-padded to a fixed number of problems so that every batch runs the same compiled programs.
+Problems are batched ``batch_size // num_particles`` at a time (fewer, a power of two, when
+there are fewer problems) as one flat batch of rows (each problem its own group of
+particles, with its own weights, resampling and evidence), the last batch padded to the
+same number of problems so that every batch runs the same compiled programs.
 Each problem's random draws depend on ``key`` and its position in ``prompts`` only, so a
 problem gets the same answer alone or batched with others.
 """
@@ -300,7 +301,10 @@ def run(
         aggregation=aggregation,
         score_clip=float(score_clip),
     )
+    # Problems per batch: as many as batch_size rows hold, fewer (a power of two, so that
+    # few shapes compile) when there are not that many problems.
     groups = max(1, batch_size // num_particles)
+    groups = min(groups, 1 << max(0, int(np.ceil(np.log2(len(prompts))))))
     width = _round_up(longest, 16)
     problem_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
         np.arange(_round_up(len(prompts), groups))
