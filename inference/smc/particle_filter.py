@@ -203,6 +203,7 @@ class _Settings(NamedTuple):
     store_history: bool
     prng_impl: str | None
     store_moments: bool = True
+    ancestor_sampling: bool = False
 
 
 def _filter_core(key, ssm, proposal, observations, reference, settings: _Settings):
@@ -257,9 +258,21 @@ def _filter_core(key, ssm, proposal, observations, reference, settings: _Setting
         )
         return new, log_g
 
-    def resample(carry, key):
+    def resample(carry, key, t):
+        if conditional and settings.ancestor_sampling:
+            key, ancestor_key = jax.random.split(key)
         ancestors = resample_fn(key, carry.log_weights, n).astype(jnp.int32)
-        if conditional:
+        if conditional and settings.ancestor_sampling:
+            # The reference's parent, redrawn in proportion to w_{t-1}^i f_t(x*_t | x^i_{t-1})
+            # (Lindsten, Jordan and Schon 2014): the reference path can change its past.
+            here = jax.tree_util.tree_map(
+                lambda r, p: jnp.broadcast_to(r[t], p.shape), reference, carry.particles
+            )
+            log_as = carry.log_weights + ssm.log_transition(t, carry.particles, here)
+            ancestors = ancestors.at[0].set(
+                jax.random.categorical(ancestor_key, log_as).astype(jnp.int32)
+            )
+        elif conditional:
             ancestors = ancestors.at[0].set(0)
         parents = base.gather(carry.particles, ancestors)
         uniform = jnp.full((n,), -jnp.log(n), carry.log_weights.dtype)
@@ -286,7 +299,9 @@ def _filter_core(key, ssm, proposal, observations, reference, settings: _Setting
                 resampled = ~jnp.isnan(carry.ess) | jnp.isnan(carry.ess)
             else:
                 resampled = carry.ess < threshold * n
-            chosen = jax.lax.cond(resampled, resample, keep, carry, resample_key)
+            chosen = jax.lax.cond(
+                resampled, lambda c, k: resample(c, k, t), keep, carry, resample_key
+            )
         parents, log_w_after = chosen[0], chosen[1]
         particles, log_g = move(t, move_key, parents)
         # log_w_after is normalised, so its logsumexp with log G is the increment.
@@ -430,11 +445,12 @@ def particle_filter(
 
 
 def _filter(key, ssm, observations, reference, *, num_particles, resampling, ess_threshold,
-            proposal, store_history, prng_impl, store_moments=True):
+            proposal, store_history, prng_impl, store_moments=True, ancestor_sampling=False):
     if not isinstance(ssm, StateSpaceModel):
         raise TypeError(f"Expected a smc.StateSpaceModel, got {type(ssm).__name__}.")
     settings = _checked_settings(num_particles, resampling, ess_threshold, prng_impl,
                                  store_history=store_history, store_moments=store_moments)
+    settings = settings._replace(ancestor_sampling=bool(ancestor_sampling))
     if proposal is not None and (ssm.log_initial is None or ssm.log_transition is None):
         raise ValueError(
             "Expected a StateSpaceModel with log_initial and log_transition for a guided "

@@ -221,3 +221,30 @@ def test_bad_inputs_name_the_problem():
     with pytest.raises(ValueError, match="log_initial and log_transition"):
         bare = smc.StateSpaceModel(SSM.sample_initial, SSM.sample_transition, SSM.log_observation)
         smc.particle_filter(jax.random.key(0), bare, Y, proposal=smc.Proposal(*[None] * 4))
+
+
+def test_ancestor_sampling_keeps_the_smoother_and_renews_early_states():
+    """Particle Gibbs with ancestor sampling, 5 particles: the chain's mean of x_t matches
+    the RTS smoother (batch-means MCSE), and x_0 changes at most sweeps, where plain particle
+    Gibbs with so few particles seldom moves it (path degeneracy)."""
+    _, _, smooth_mean, _ = kalman(Y)
+    moves = {}
+    for ancestor_sampling in (True, False):
+        reference = jnp.zeros(T, jnp.float32)
+        draws, key = [], jax.random.key(5)
+        for _ in range(300):
+            key, sub = jax.random.split(key)
+            reference = smc.particle_gibbs_step(sub, SSM, Y, reference, num_particles=5,
+                                                ancestor_sampling=ancestor_sampling)
+            draws.append(np.asarray(reference))
+        draws = np.stack(draws[50:])
+        moves[ancestor_sampling] = np.mean(np.diff(draws[:, 0]) != 0)
+        if ancestor_sampling:
+            batches = draws.reshape(10, -1, T).mean(1)
+            mcse = batches.std(0, ddof=1) / np.sqrt(10)
+            err = np.abs(draws.mean(0) - smooth_mean) / mcse
+            assert err.max() < stats.t.ppf(1 - ALPHA / (2 * T), df=9)
+    assert moves[True] > 0.5 and moves[False] < 0.5 * moves[True], moves
+    bare = smc.StateSpaceModel(SSM.sample_initial, SSM.sample_transition, SSM.log_observation)
+    with pytest.raises(ValueError, match="log_transition for ancestor sampling"):
+        smc.particle_gibbs_step(jax.random.key(0), bare, Y, jnp.zeros(T), ancestor_sampling=True)
