@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_commands", "make_reward"]
+__all__ = ["add_commands", "make_constraint", "make_reward"]
 
 _CHECKPOINTS = Path(__file__).resolve().parents[1] / "models" / "lm" / "checkpoints"
 
@@ -64,6 +64,26 @@ def make_reward(spec: str, *, seed: int = 0, checkpoints: Path = _CHECKPOINTS):
     )
 
 
+def make_constraint(spec: str):
+    """A constraint by name: ``copies`` (the testbed's) or ``module:function``."""
+    if spec == "copies":
+        from ppl.models.lm.testbed.constraints import copies_the_prompt
+
+        return copies_the_prompt
+    if ":" in spec:
+        import importlib
+
+        module_name, name = spec.split(":", 1)
+        sys.path.insert(0, str(Path.cwd()))
+        try:
+            return getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(
+                f"Expected --constraint module:function, got {spec!r} ({error})."
+            ) from None
+    raise ValueError(f"Expected --constraint 'copies' or module:function, got {spec!r}.")
+
+
 def _settings(pairs: list[str]) -> dict:
     from ppl.cli import _settings as parse
 
@@ -93,6 +113,10 @@ def add_commands(commands) -> None:
     solve.add_argument("--checkpoint", type=Path, default=_CHECKPOINTS / "arith",
                        help="the language model (default: the testbed's)")
     solve.add_argument("--batch-size", type=int, default=256, help="rows per batch")
+    solve.add_argument("--constraint",
+                       help="for --method constrained_smc: 'copies' (the testbed's: every "
+                            "line copies its operands from the prompt) or module:function "
+                            "(prompt, text) -> bool")
     solve.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                        help="method settings, e.g. --set potential=increment select=vote")
     solve.add_argument("--show", type=int, default=3, help="print this many chosen traces")
@@ -157,12 +181,20 @@ def run_solve(args) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.open("a").close()  # an unwritable --out fails now, before the work
     prompts = [row["prompt"] for row in rows]
+    settings = _settings(args.set)
+    if args.constraint is not None:
+        if args.method != "constrained_smc":
+            raise ValueError(f"Expected --method constrained_smc with --constraint (it is what "
+                             f"applies a constraint), got --method {args.method}.")
+        settings["constraint"] = make_constraint(args.constraint)
+    elif args.method == "constrained_smc":
+        raise ValueError("Expected --constraint with --method constrained_smc ('copies' or "
+                         "module:function).")
     model, tokenizer = lm.load(args.checkpoint), lm.load_tokenizer(args.checkpoint)
     reward = make_reward(args.reward, seed=args.seed)
     result = llm.run(args.method, model, tokenizer, prompts, key=jax.random.key(args.seed),
                      reward=reward, num_particles=args.particles, temperature=args.temperature,
-                     answer_fn=tasks.parse_answer, batch_size=args.batch_size,
-                     **_settings(args.set))
+                     answer_fn=tasks.parse_answer, batch_size=args.batch_size, **settings)
     extras, correct = [], []
     for row, answer in zip(rows, result.answers, strict=True):
         problem = _problem_of(row["prompt"])

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from ppl.inference.llm import baselines, filters, gibbs, power
+from ppl.inference.llm import baselines, constrained, filters, gibbs, power
 from ppl.inference.llm import population as P
 from ppl.inference.llm.job import Job, MethodOutput
 from ppl.inference.llm.selection import choose, last_line
@@ -61,6 +61,10 @@ METHODS: dict[str, MethodSpec] = {
         "particle filtering with entropic annealing and look-ahead (ePF)", True),
     "particle_gibbs": MethodSpec(
         gibbs.particle_gibbs, "iterated conditional SMC keeping a reference trace", True),
+    "constrained_smc": MethodSpec(
+        constrained.constrained_smc,
+        "token-level SMC under a Boolean constraint (adaptive weighted rejection sampling)",
+        False),
     "power_sampling": MethodSpec(
         power.power_sampling, "Metropolis-Hastings over blocks targeting p_LM^alpha (no reward)",
         False),

@@ -221,18 +221,28 @@ def _lap(timings, name, clock, outputs):
     return now
 
 
-def _copy_offspring(lm, reward, population, ancestors: np.ndarray, log_weights):
-    """Writes each dead particle's row from its new parent (offspring are in place: see
-    :func:`ppl.inference.smc.base.in_place`), in a fixed number of rows rounded up to a
-    power of two, so that the copy compiles a few times only and costs what moved."""
+def padded_copies(ancestors: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(destinations, sources)`` of the rows that change (offspring in place: see
+    :func:`ppl.inference.smc.base.in_place`), padded with out-of-range destinations to a
+    power of two, so that a copy compiles a few times only and costs what moved; None when
+    nothing moved."""
     rows = np.flatnonzero(ancestors != np.arange(len(ancestors)))
     if rows.size == 0:
-        return population._replace(log_weights=log_weights)
+        return None
     size = min(len(ancestors), max(8, 1 << int(np.ceil(np.log2(rows.size)))))
     destinations = np.full(size, len(ancestors), np.int32)
     sources = np.zeros(size, np.int32)
     destinations[: rows.size] = rows
     sources[: rows.size] = ancestors[rows]
+    return destinations, sources
+
+
+def _copy_offspring(lm, reward, population, ancestors: np.ndarray, log_weights):
+    """Writes each dead particle's row from its new parent (:func:`padded_copies`)."""
+    copies = padded_copies(ancestors)
+    if copies is None:
+        return population._replace(log_weights=log_weights)
+    destinations, sources = copies
     return P.copy_rows_jit(
         (lm, reward, jnp.asarray(destinations), jnp.asarray(sources), log_weights), population
     )
