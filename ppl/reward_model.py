@@ -35,6 +35,7 @@ from jaxtyping import Array, Float, Int
 __all__ = [
     "AGGREGATIONS",
     "AbstractRewardModel",
+    "FinalCheck",
     "HostReward",
     "RewardState",
     "aggregate",
@@ -64,7 +65,11 @@ class AbstractRewardModel(eqx.Module):
 
     Every method but :meth:`prepare` is a pure function with static shapes; the caller jits.
     Rows are the particles: the same prompt repeated once per particle of its problem.
+    The SMC core shows a reward each step's tokens without a trailing end token (a PRM
+    judges text), unless the reward sets ``reads_end_tokens = True``.
     """
+
+    reads_end_tokens = False
 
     def prepare(self, prompts: Sequence[str]) -> Any:
         """Host-side, once per batch of problems: what the PRM needs to know about each
@@ -115,6 +120,73 @@ class AbstractRewardModel(eqx.Module):
         destinations ignored; see ``AbstractTokenModel.copy_rows``). The default writes
         every leaf's rows in place (batch on axis 0; override otherwise)."""
         return jax.tree.map(lambda x: x.at[destinations].set(x[sources], mode="drop"), state)
+
+
+class FinalCheck(AbstractRewardModel):
+    """A twist for the prefixes and an exact check of the finished trace.
+
+    Twisted SMC (Zhao et al. 2024) targets ``p_LM(x) phi(x) / Z`` with ``phi`` a verdict on
+    the whole trace. Its intermediate potentials are a twist ``psi_t(x_1..t)``, an estimate of
+    ``E[phi | x_1..t]``; for the evidence to be unbiased the last one must be ``phi`` itself.
+    This combinator scores a prefix by ``twist`` (1 everywhere when ``twist`` is None: plain
+    SMC, weights only at the end) and a step that ends the trace (one holding an end token)
+    by ``final``, which reads the end token too (``reads_end_tokens``).
+
+    Attributes:
+        twist: the prefixes' scores (or None).
+        final: the verdict on a finished trace, e.g. an exact checker that reads end tokens.
+        end_ids: the token ids that end a trace (the language model's ``end_ids``).
+    """
+
+    twist: AbstractRewardModel | None
+    final: AbstractRewardModel
+    end_ids: tuple[int, ...] = eqx.field(static=True)
+
+    # The driver shows this reward every token of a step, the end token included.
+    reads_end_tokens = True
+
+    def prepare(self, prompts: Sequence[str]) -> Any:
+        twist = None if self.twist is None else self.twist.prepare(prompts)
+        return (twist, self.final.prepare(prompts))
+
+    def init_state(self, prompt_ids, prompt_lengths, max_length, context=None) -> RewardState:
+        twist_context, final_context = context if context is not None else (None, None)
+        final = self.final.init_state(prompt_ids, prompt_lengths, max_length, final_context)
+        twist = None if self.twist is None else self.twist.init_state(
+            prompt_ids, prompt_lengths, max_length, twist_context)
+        score = jnp.ones_like(final.score) if twist is None else twist.score
+        return RewardState((twist, final), score)
+
+    def extend(self, state, tokens, num_valid) -> RewardState:
+        twist, final = state.cache
+        tokens = jnp.asarray(tokens)
+        valid = jnp.arange(tokens.shape[1])[None] < jnp.asarray(num_valid)[:, None]
+        ends = valid & jnp.isin(tokens, jnp.asarray(self.end_ids or (-1,), jnp.int32))
+        ended = jnp.any(ends, axis=1)
+        # The twist reads the step up to its end token; the final check reads all of it.
+        before_end = jnp.where(ended, jnp.argmax(ends, axis=1), num_valid)
+        final = self.final.extend(final, tokens, num_valid)
+        if twist is not None:
+            twist = self.twist.extend(twist, tokens, before_end.astype(jnp.int32))
+            prefix_score = twist.score
+        else:
+            prefix_score = state.score
+        score = jnp.where(ended, final.score, jnp.where(num_valid > 0, prefix_score,
+                                                        state.score))
+        return RewardState((twist, final), score)
+
+    def reorder(self, state, ancestors) -> RewardState:
+        twist, final = state.cache
+        twist = None if twist is None else self.twist.reorder(twist, ancestors)
+        return RewardState((twist, self.final.reorder(final, ancestors)),
+                           state.score[ancestors])
+
+    def copy_rows(self, state, destinations, sources) -> RewardState:
+        twist, final = state.cache
+        twist = None if twist is None else self.twist.copy_rows(twist, destinations, sources)
+        final = self.final.copy_rows(final, destinations, sources)
+        score = state.score.at[destinations].set(state.score[sources], mode="drop")
+        return RewardState((twist, final), score)
 
 
 class HostReward:

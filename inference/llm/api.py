@@ -23,9 +23,12 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from ppl.inference.llm import baselines, constrained, filters, gibbs, power
+from ppl.inference.llm import baselines, constrained, filters, gibbs, power, twisted
 from ppl.inference.llm import population as P
 from ppl.inference.llm.job import Job, MethodOutput
+from ppl.inference.llm.prompts import encode_prompts as _encode
+from ppl.inference.llm.prompts import round_up as _round_up
+from ppl.inference.llm.prompts import stop_ids as _stop_ids
 from ppl.inference.llm.selection import choose, last_line
 from ppl.inference.smc.base import check_num_particles
 
@@ -65,6 +68,9 @@ METHODS: dict[str, MethodSpec] = {
         constrained.constrained_smc,
         "token-level SMC under a Boolean constraint (adaptive weighted rejection sampling)",
         False),
+    "twisted_smc": MethodSpec(
+        twisted.twisted_smc, "twisted SMC of the LM conditioned on a final verdict (the reward "
+        "is the twist)", False),
     "power_sampling": MethodSpec(
         power.power_sampling, "Metropolis-Hastings over blocks targeting p_LM^alpha (no reward)",
         False),
@@ -155,42 +161,6 @@ def _jsonable(value):
     return value if isinstance(value, int | float | str | bool | type(None)) else str(value)
 
 
-def _encode(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of every prompt; refuses text the tokenizer cannot represent."""
-    encoded = []
-    for index, prompt in enumerate(prompts):
-        if not isinstance(prompt, str) or not prompt:
-            raise ValueError(f"Expected prompt {index} to be a non-empty string, got {prompt!r}.")
-        ids = list(tokenizer.encode(prompt))
-        back = tokenizer.decode(ids)
-        if back != prompt:
-            position = next(
-                (i for i, (a, b) in enumerate(zip(prompt, back, strict=False)) if a != b),
-                min(len(prompt), len(back)),
-            )
-            character = prompt[position] if position < len(prompt) else ""
-            raise ValueError(
-                f"Prompt {index} has text the tokenizer cannot represent: character "
-                f"{character!r} at position {position} of {prompt!r} (it decodes back as "
-                f"{back!r})."
-            )
-        encoded.append(ids)
-    return encoded
-
-
-def _round_up(value: int, multiple: int) -> int:
-    return multiple * -(-value // multiple)
-
-
-def _stop_ids(tokenizer, stop) -> tuple[int, ...]:
-    if isinstance(stop, str):
-        stop = (stop,)
-    ids = tuple(int(i) for i in tokenizer.stop_ids(list(stop)))
-    if not ids:
-        raise ValueError(f"Expected stop sequences the tokenizer has tokens for, got {stop!r}.")
-    return ids
-
-
 def _as_reward(reward):
     if reward is None or isinstance(reward, AbstractRewardModel | HostReward):
         return reward
@@ -222,6 +192,7 @@ def run(
     max_length: int | None = None,
     batch_size: int = 256,
     allow_collapse: bool = False,
+    unfinished_score: float | None = None,
     progress_bar: bool | None = None,
     profile: bool = False,
     **settings,
@@ -252,6 +223,9 @@ def run(
         batch_size: rows (problems times particles) per batch.
         allow_collapse: when every weight of a problem vanishes (a zero-score reward with
             ``score_clip=0``), record it (no answer, log-evidence -inf) instead of raising.
+        unfinished_score: the score of a trace ended without an end token (a runaway step,
+            the step or length limit), for rewards that judge whole traces (0); default: it
+            keeps its last score.
         progress_bar: show one (default: when stderr is a terminal).
         profile: time the language model and the reward apart (``LMResult.timings``; each
             step then runs in separately synchronised pieces, slightly slower).
@@ -307,6 +281,8 @@ def run(
         max_steps=int(max_steps),
         aggregation=aggregation,
         score_clip=float(score_clip),
+        reward_reads_end=bool(getattr(reward, "reads_end_tokens", False)),
+        unfinished_score=-1.0 if unfinished_score is None else float(unfinished_score),
     )
     # Problems per batch: as many as batch_size rows hold, fewer (a power of two, so that
     # few shapes compile) when there are not that many problems.

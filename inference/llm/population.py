@@ -89,6 +89,10 @@ class Settings(NamedTuple):
         aggregation: how step scores combine: ``"last"``, ``"min"`` or ``"product"``.
         score_clip: scores are clipped to ``[clip, 1 - clip]`` before logs and logits (the
             anchors use 1e-7); 0 keeps exact zeros (weights of exactly zero).
+        reward_reads_end: show the reward a step's end token too (a final check).
+        unfinished_score: when >= 0, the score of a trace that is ended without an end
+            token (ran away, hit the step or length limit): a verdict on whole traces gives
+            those 0.
     """
 
     num_particles: int
@@ -102,6 +106,8 @@ class Settings(NamedTuple):
     target: str = "proposal"
     aggregation: str = "last"
     score_clip: float = 1e-7
+    reward_reads_end: bool = False
+    unfinished_score: float = -1.0
 
 
 class Population(NamedTuple):
@@ -268,8 +274,9 @@ class Moved(NamedTuple):
         output: the language model's :class:`~ppl.token_adapter.StepOutput`.
         moved: ``(B,)`` rows that generated this step.
         reward_tokens: ``(B,)`` how many of the step's tokens the reward reads (the step
-            without a trailing end token).
+            without a trailing end token, unless the reward reads end tokens).
         forward_passes: sequential decoding passes this step.
+        ended: ``(B,)`` rows whose step closed with an end token.
     """
 
     population: Population
@@ -277,6 +284,7 @@ class Moved(NamedTuple):
     moved: Bool[Array, " rows"]
     reward_tokens: Int[Array, " rows"]
     forward_passes: Int[Array, ""]
+    ended: Bool[Array, " rows"]
 
 
 def move(
@@ -346,7 +354,8 @@ def move(
         num_steps=num_steps,
         finished=finished,
     )
-    return Moved(new, out, moved, num - ended.astype(num.dtype), forward_passes)
+    shown = num if s.reward_reads_end else num - ended.astype(num.dtype)
+    return Moved(new, out, moved, shown, forward_passes, ended)
 
 
 # Columns of a step the reward reads per call: steps are far shorter than the room left for
@@ -416,6 +425,9 @@ def reweight(
     bad_row = jnp.where(jnp.any(bad), jnp.argmax(bad), -1)
     bad_score = step_scores[jnp.maximum(bad_row, 0)]
     new_score = jnp.where(scored, aggregate(s.aggregation, pop.score, step_scores), pop.score)
+    if s.unfinished_score >= 0:
+        cut_short = moved.moved & pop.finished & ~moved.ended
+        new_score = jnp.where(cut_short, jnp.float32(s.unfinished_score), new_score)
     if s.potential == "none":  # independent samples: scores recorded, weights untouched
         log_weights = pop.log_weights
         increment = jnp.zeros((groups,), jnp.float32)

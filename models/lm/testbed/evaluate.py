@@ -118,3 +118,21 @@ def format_table(rows: list[dict]) -> str:
             f"{r['pass_at_n']:.3f}   {r['majority_vote']:.3f}"
         )
     return "\n".join(lines)
+
+
+def reference_step_probabilities(model: AbstractTokenModel, problem: tasks.Problem,
+                                 temperature: float = 1.0) -> np.ndarray:
+    """``q_t``: the model's probability at ``temperature`` of each step of the reference
+    solution (each line, then the end token) after the reference steps before it, by
+    teacher forcing. Their product is the probability of sampling the reference solution."""
+    prompt = data.encode(problem.prompt)
+    state = model.init_state(jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 256)
+    steps = [data.encode(line + "\n") for line in problem.solution().splitlines()]
+    steps.append([data.EOS_ID])
+    probs = []
+    for step in steps:
+        state, out = model.force_step(
+            state, jnp.asarray([step]), jnp.asarray([len(step)]), temperature=temperature
+        )
+        probs.append(float(np.exp(np.sum(out.proposal_log_probs))))
+    return np.asarray(probs)

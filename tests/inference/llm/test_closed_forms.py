@@ -16,25 +16,11 @@ import numpy as np
 import pytest
 from ppl.inference import llm
 from ppl.models.lm.testbed import data, tasks
+from ppl.models.lm.testbed.evaluate import reference_step_probabilities
 
 TEMPERATURE = 1.0
 NUM_COPIES = 150
 Z_LIMIT = 4.0
-
-
-def reference_step_probabilities(model, problem, temperature):
-    """``q_t`` of every step of the reference solution (its lines, then the end token)."""
-    prompt = data.encode(problem.prompt)
-    state = model.init_state(jnp.asarray([prompt]), jnp.asarray([len(prompt)]), 256)
-    steps = [data.encode(line + "\n") for line in problem.solution().splitlines()]
-    steps.append([data.EOS_ID])
-    probs = []
-    for step in steps:
-        state, out = model.force_step(
-            state, jnp.asarray([step]), jnp.asarray([len(step)]), temperature=temperature
-        )
-        probs.append(float(np.exp(np.sum(out.proposal_log_probs))))
-    return np.asarray(probs)
 
 
 def _z(successes, total, p):
@@ -104,3 +90,26 @@ def test_best_of_n_with_the_exact_checker_matches_its_closed_form(
         successes = sum(a == problem.answer for a in result.answers)
         p = 1 - (1 - np.prod(q)) ** num_particles
         assert abs(_z(successes, NUM_COPIES, p)) < Z_LIMIT, (successes, p)
+
+
+@pytest.mark.slow
+def test_entropic_annealing_keeps_the_evidence_unbiased(testbed, host_oracle, problems_and_q):
+    """Resampling by flattened weights (target ESS 0.9) with the w / v correction keeps
+    E[Z_hat] = Z. With scores clipped to [c, 1 - c] the oracle's final score is 1 - c on the
+    reference solution and c elsewhere, so Z = (prod q + c (1 - prod q)) / (1 - c) (the
+    initial score, 1, is clipped too)."""
+    problem, q = problems_and_q[0][0], problems_and_q[1][0]
+    clip = 0.05
+    model, tokenizer = testbed
+    result = llm.run(
+        "entropic_particle_filter", model, tokenizer, [problem.prompt] * NUM_COPIES,
+        key=jax.random.key(3), reward=host_oracle([problem]), num_particles=4,
+        temperature=TEMPERATURE, answer_fn=tasks.parse_answer, score_clip=clip,
+        potential="increment", ess_threshold=1.0, target_ess=0.9,
+    )
+    truth = (np.prod(q) * (1 - clip) + clip * (1 - np.prod(q))) / (1 - clip)
+    z_hat = np.exp(result.log_evidence)
+    se = z_hat.std(ddof=1) / np.sqrt(NUM_COPIES)
+    assert abs(z_hat.mean() - truth) < Z_LIMIT * se, (z_hat.mean(), truth, se)
+    exponents = np.concatenate([np.ravel(e["annealing_exponent"]) for e in result.extra])
+    assert np.all((exponents > 0) & (exponents <= 1)) and np.any(exponents < 1)
