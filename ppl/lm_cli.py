@@ -122,6 +122,31 @@ def add_commands(commands) -> None:
     solve.add_argument("--show", type=int, default=3, help="print this many chosen traces")
     solve.set_defaults(func=run_solve)
 
+    evidence = commands.add_parser(
+        "evidence", help="bounds on log P_LM(correct) per problem (twisted SMC and CSMC)",
+        description="Lower (SMC) and upper (conditional SMC around exact samples) bounds on "
+                    "the log-probability that the language model solves each problem exactly; "
+                    "one JSON object per problem.")
+    evidence.add_argument("--method", default="twisted_smc", choices=["smc", "twisted_smc"])
+    evidence.add_argument("--particles", type=int, default=16)
+    evidence.add_argument("--twist", default="learned",
+                          help="twisted_smc's twist: learned (the testbed's, default) or oracle "
+                               "(the exact prefix check)")
+    evidence.add_argument("--proposal", default="step", choices=["step", "token"])
+    evidence.add_argument("--problems", type=Path, help="JSONL with testbed prompts (default: "
+                                                        "generated, --difficulty/--num-problems)")
+    evidence.add_argument("--out", type=Path, help="JSONL, one object per problem")
+    evidence.add_argument("--seed", type=int, default=0)
+    evidence.add_argument("--difficulty", type=int, default=8)
+    evidence.add_argument("--num-problems", type=int, default=10)
+    evidence.add_argument("--runs", type=int, default=4, help="SMC runs per problem (lower)")
+    evidence.add_argument("--exact-samples", type=int, default=4,
+                          help="exact draws per problem for the upper bound")
+    evidence.add_argument("--max-tries", type=int, default=1024,
+                          help="plain samples per problem spent looking for exact draws")
+    evidence.add_argument("--checkpoint", type=Path, default=_CHECKPOINTS / "arith")
+    evidence.set_defaults(func=run_evidence)
+
     scaling = commands.add_parser(
         "scaling", help="accuracy against budget for every method (HTML report and JSON)",
         description="Scaling curves: accuracy against budget per method, reward and "
@@ -216,6 +241,78 @@ def run_solve(args) -> int:
         print(f"accuracy {accuracy:.3f} ± {se:.3f} ({sum(correct)} of {len(correct)})")
     for prompt, trace in list(zip(prompts, result.traces, strict=True))[: args.show]:
         print(f"\n{prompt}{trace}")
+    if args.out is not None:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def make_twist(spec: str, *, checkpoints: Path = _CHECKPOINTS):
+    """A testbed twist by name: ``learned`` (``arith_twist``) or ``oracle``."""
+    from ppl.models.lm.testbed import prm
+
+    if spec == "oracle":
+        return prm.OracleReward()
+    if spec == "learned":
+        from ppl.models.lm.testbed import twist
+
+        return twist.load(checkpoints / "arith_twist").reward_model()
+    raise ValueError(f"Expected --twist learned or oracle, got {spec!r}.")
+
+
+def run_evidence(args) -> int:
+    import jax
+
+    from ppl.inference.llm import evidence, read_problems
+    from ppl.models import lm
+    from ppl.models.lm.testbed import prm
+
+    for name in ("particles", "num_problems", "runs", "max_tries"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"Expected --{name.replace('_', '-')} >= 1, got "
+                             f"{getattr(args, name)}.")
+    if args.problems is not None:
+        rows = read_problems(args.problems)
+    else:
+        rows = [{"prompt": p.prompt} for p in _testbed_problems(args.seed, args.difficulty,
+                                                                 args.num_problems)]
+    problems = []
+    for number, row in enumerate(rows, 1):
+        problem = _problem_of(row["prompt"])
+        if problem is None:
+            raise ValueError(f"Problem {number}: expected a testbed prompt (the exact checker "
+                             f"defines the target), got {row['prompt']!r}.")
+        problems.append(problem)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.open("a").close()
+    prompts = [p.prompt for p in problems]
+    model, tokenizer = lm.load(args.checkpoint), lm.load_tokenizer(args.checkpoint)
+    key = jax.random.key(args.seed)
+    samples, tries = evidence.rejection_samples(
+        model, tokenizer, prompts, lambda i, text: text == problems[i].solution(),
+        key=jax.random.fold_in(key, 1), num_samples=args.exact_samples,
+        max_tries=args.max_tries)
+    twist = make_twist(args.twist) if args.method == "twisted_smc" else None
+    result = evidence.evidence_bounds(
+        args.method, model, tokenizer, prompts, key=key, final=prm.OracleReward(), twist=twist,
+        exact_samples=samples, num_particles=args.particles, num_runs=args.runs,
+        proposal=args.proposal)
+    result.rejection_tries[:] = tries
+    records = result.records()
+    for row, record in zip(rows, records, strict=True):
+        record.update({k: v for k, v in row.items() if k != "prompt"})
+    if args.out is not None:
+        with args.out.open("w") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+    print(f"{args.method} (N={args.particles}, {args.runs} runs, proposal {args.proposal}): "
+          f"{len(prompts)} problems in {result.wall_time:.0f} s")
+    for record in records:
+        upper = record["log_z_upper"]
+        print(f"  lower {record['log_z_lower']:8.3f}  upper "
+              f"{'   (none)' if upper is None else f'{upper:8.3f}'}  exact samples "
+              f"{record['num_exact_samples']} of {record['rejection_tries']} tries  "
+              f"{record['prompt'].strip()}")
     if args.out is not None:
         print(f"wrote {args.out}")
     return 0
