@@ -30,6 +30,7 @@ import numpy as np
 MAX_VALUE = 99
 _OPS = ("+", "-", "*")
 _LINE = re.compile(r"^(-?\d+)([+\-*])(\d+)=(-?\d+)$")
+_PROMPT = re.compile(r"Q (\d+)((?: [+\-*]\d+)+)\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,28 @@ class Problem:
             lines.append(f"{value}{op}{operand}={result}")
             value = result
         return "\n".join(lines) + f"\nA {value}\n"
+
+
+def parse_prompt(prompt: str) -> Problem:
+    """The problem whose ``Problem.prompt`` is ``prompt`` (its inverse).
+
+    Raises:
+        ValueError: naming the prompt, when it is not ``"Q <start> <op><operand> ...\\n"``
+            with at least one operation (``op`` one of ``+ - *``, numbers without sign).
+    """
+    match = _PROMPT.fullmatch(prompt) if isinstance(prompt, str) else None
+    if match is None:
+        raise ValueError(
+            f'Expected a prompt like "Q 17 +8 *3\\n" (a start value, at least one operation '
+            f"and a final newline), got {prompt!r}."
+        )
+    operations = tuple((part[0], int(part[1:])) for part in match[2].split())
+    problem = Problem(int(match[1]), operations)
+    if problem.prompt != prompt:  # leading zeros, say: "Q 07 +1\n"
+        raise ValueError(
+            f"Expected a prompt in canonical form {problem.prompt!r}, got {prompt!r}."
+        )
+    return problem
 
 
 def apply(op: str, value: int, operand: int) -> int:

@@ -1,0 +1,82 @@
+"""``ppl lm solve`` and ``ppl lm scaling`` end to end (small)."""
+
+import json
+
+import pytest
+
+from ppl.cli import build_parser, main
+
+
+def test_solve_reads_problems_and_writes_one_answer_per_line(tmp_path, capsys):
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(
+        json.dumps({"prompt": "Q 5 +3 *2\n", "id": "a"}) + "\n\n"
+        + json.dumps({"prompt": "Q 7 -2 +9\n", "id": "b"}) + "\n"
+    )
+    out = tmp_path / "answers.jsonl"
+    assert main(["lm", "solve", "--method", "particle_filter", "--particles", "4",
+                 "--reward", "oracle", "--problems", str(problems), "--out", str(out),
+                 "--seed", "1", "--show", "1"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b"]
+    for row in rows:
+        assert {"prompt", "trace", "traces", "weights", "tokens", "answer", "correct"} <= set(row)
+        assert len(row["traces"]) == 4 and abs(sum(row["weights"]) - 1) < 1e-5
+        assert row["correct"] and row["trace"].endswith(f"A {row['reference_answer']}\n")
+    printed = capsys.readouterr().out
+    assert "accuracy 1.000" in printed and "Q 5 +3 *2" in printed
+
+
+def test_solve_generates_problems_and_names_bad_input(tmp_path):
+    out = tmp_path / "generated.jsonl"
+    assert main(["lm", "solve", "--method", "self_consistency", "--reward", "none",
+                 "--particles", "2", "--num-problems", "3", "--difficulty", "2",
+                 "--out", str(out), "--show", "0"]) == 0
+    assert len(out.read_text().splitlines()) == 3
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "Q 1 +1\\n"}\n{"prompt": \n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        main(["lm", "solve", "--problems", str(bad), "--reward", "oracle"])
+    with pytest.raises(ValueError, match="noisy:RATE"):
+        main(["lm", "solve", "--reward", "noisy:2", "--num-problems", "1"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lm", "solve", "--method", "magic"])
+
+
+def test_scaling_writes_a_report_and_resumes(tmp_path, capsys):
+    out = tmp_path / "scaling"
+    argv = ["lm", "scaling", "--out", str(out), "--difficulties", "3", "--particles", "1,2",
+            "--methods", "particle_filter,weighted_best_of_n,self_consistency",
+            "--rewards", "oracle", "--num-problems", "4"]
+    assert main(argv) == 0
+    points = json.loads((out / "scaling.json").read_text())
+    # self-consistency and weighted best-of-N at N = 1, 2, and the filter at N = 1, 2.
+    assert len(points) == 6
+    assert {p["method"] for p in points} == {"particle_filter", "weighted_best_of_n",
+                                             "self_consistency"}
+    assert all(0 <= p["accuracy"] <= 1 and p["tokens"] > 0 for p in points)
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64") == 2 and "Every point" in html
+    capsys.readouterr()
+    # Run again: every point is already there, nothing runs.
+    assert main(argv) == 0
+    assert "N=" not in capsys.readouterr().err
+    assert len((out / "points.jsonl").read_text().splitlines()) == 6
+    # Another configuration in the same directory is refused.
+    with pytest.raises(ValueError, match="another study's configuration"):
+        main([*argv[:-1], "5"])
+
+
+def test_evidence_writes_bounds_per_problem(tmp_path, capsys):
+    out = tmp_path / "bounds.jsonl"
+    assert main(["lm", "evidence", "--method", "smc", "--particles", "4", "--num-problems",
+                 "1", "--difficulty", "3", "--runs", "2", "--exact-samples", "2",
+                 "--max-tries", "64", "--out", str(out)]) == 0
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {"log_z_lower", "log_z_upper", "num_exact_samples", "rejection_tries"} <= set(row)
+    assert row["num_exact_samples"] == 2 and row["log_z_upper"] <= 1e-5  # a log-probability
+    assert "lower" in capsys.readouterr().out
+    problems = tmp_path / "free.jsonl"
+    problems.write_text('{"prompt": "What is 2+2?\\n"}\n')
+    with pytest.raises(ValueError, match="expected a testbed prompt"):
+        main(["lm", "evidence", "--method", "smc", "--problems", str(problems)])

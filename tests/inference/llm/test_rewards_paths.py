@@ -1,0 +1,61 @@
+"""The JAX and the host paths through the same step, and the testbed's rewards in the filter."""
+
+import jax
+import numpy as np
+from ppl.inference import llm
+from ppl.models.lm.testbed import prm, tasks
+
+
+def _problems(seed, difficulty, count):
+    rng = np.random.default_rng(seed)
+    return [tasks.generate(rng, difficulty) for _ in range(count)]
+
+
+def test_jax_and_host_oracles_give_the_same_filter(testbed, host_oracle):
+    """The oracle scored in-graph on token ids and the checker on decoded text weigh every
+    particle alike, so the same keys give the same particles, weights and evidence."""
+    model, tokenizer = testbed
+    problems = _problems(11, 5, 3)
+    prompts = [p.prompt for p in problems]
+    runs = [
+        llm.run("particle_filter", model, tokenizer, prompts, key=jax.random.key(2),
+                reward=reward, num_particles=6, potential="increment",
+                answer_fn=tasks.parse_answer)
+        for reward in (prm.OracleReward(), host_oracle(problems))
+    ]
+    assert runs[0].candidates == runs[1].candidates
+    np.testing.assert_allclose(runs[0].weights, runs[1].weights, atol=1e-6)
+    np.testing.assert_allclose(runs[0].log_evidence, runs[1].log_evidence, atol=1e-5)
+    np.testing.assert_array_equal(runs[0].reward_calls, runs[1].reward_calls)
+
+
+def test_look_ahead_rollouts_count_in_the_budget(testbed):
+    model, tokenizer = testbed
+    problems = _problems(12, 4, 2)
+    prompts = [p.prompt for p in problems]
+    common = dict(key=jax.random.key(0), reward=prm.OracleReward(), num_particles=4,
+                  answer_fn=tasks.parse_answer)
+    plain = llm.run("entropic_particle_filter", model, tokenizer, prompts, **common)
+    ahead = llm.run("entropic_particle_filter", model, tokenizer, prompts,
+                    lookahead_tokens=8, **common)
+    final_tokens = ahead.candidate_tokens.sum(1)
+    # The rollouts' tokens are counted beyond what the final traces hold.
+    assert np.all(ahead.tokens > final_tokens) and np.all(ahead.tokens > plain.tokens)
+    assert np.all(ahead.reward_calls > plain.reward_calls)
+    assert all(a == p.answer for a, p in zip(ahead.answers, problems, strict=True))
+
+
+def test_a_noisier_oracle_makes_the_filter_worse(testbed):
+    """Against PRM quality: the exact checker, then its verdicts flipped 30% of the time."""
+    model, tokenizer = testbed
+    problems = _problems(13, 7, 24)
+    prompts = [p.prompt for p in problems]
+    accuracy = {}
+    for name, reward in (("exact", prm.OracleReward()),
+                         ("noisy", prm.NoisyOracleReward(false_accept_rate=0.3,
+                                                         false_reject_rate=0.3, seed=1))):
+        result = llm.run("particle_filter", model, tokenizer, prompts, key=jax.random.key(4),
+                         reward=reward, num_particles=8, answer_fn=tasks.parse_answer)
+        accuracy[name] = np.mean([a == p.answer for a, p in zip(result.answers, problems,
+                                                                strict=True)])
+    assert accuracy["exact"] >= 0.9 and accuracy["noisy"] < accuracy["exact"] - 0.15, accuracy
