@@ -252,9 +252,7 @@ def _engine_diagnostics(post, names) -> dict[str, float]:
             x = np.concatenate(
                 [v.reshape(v.shape[:2] + (-1,)) for k, v in post.samples.items()], axis=-1
             )
-            import arviz as az
-
-            ess = az.ess(az.convert_to_dataset(x))["x"].values
+            ess = arviz_bridge.ess(x)
             out["min_ess"] = float(np.nanmin(ess))
             if x.shape[0] > 1:
                 out["max_rhat"] = float(np.nanmax(arviz_bridge.rhat(x)))

@@ -1,13 +1,25 @@
-"""Everything ppl asks of ArviZ, behind one module.
+"""Everything ppl asks of ArviZ, behind one module that speaks both ArviZ worlds.
 
-ArviZ 0.x (Python 3.11) and 1.x (Python >= 3.12) differ (``from_dict``, the summary
-columns, the InferenceData/DataTree container). Keeping every call here makes the move to
-the newer set one change.
+- ArviZ 0.x (``arviz`` 0.23, Python 3.11's pinned set): ``InferenceData``, ``az.summary``,
+  ``az.ess``, ``az.psislw``, ``az.plot_*``.
+- ArviZ 1.x (``arviz`` >= 1 with ``arviz-base``, ``arviz-stats``, ``arviz-plots``; Python
+  >= 3.12): ``xarray.DataTree``, ``arviz_stats`` on arrays, ``arviz_plots`` plot
+  collections.
+
+The installed ``arviz`` decides (:data:`ARVIZ_MAJOR`). What ppl hands out is the same on
+both: the summary has ArviZ 0.x's columns and values (tail ESS from the 5% and 95% quantiles,
+Vehtari et al. 2021, where ArviZ 1.x's default takes its quantiles from the credible-interval
+probability), ``save`` writes a netCDF file that either world loads, plots come back as a
+matplotlib figure. :meth:`Posterior.to_arviz` returns the installed ArviZ's own container
+(``InferenceData`` or ``DataTree``): that is what the user's ArviZ functions accept;
+:func:`group_names` lists its groups on both.
 """
 
 from __future__ import annotations
 
 import json
+from functools import cache
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,45 +29,103 @@ from ppl.posterior import Posterior, encode_meta
 if TYPE_CHECKING:  # pandas is imported where it is used: R-hat in a sampler's warnings
     import pandas as pd  # path should not pay for it
 
-__all__ = ["to_inference_data", "summary", "save", "load", "rhat", "ess"]
+__all__ = ["ARVIZ_MAJOR", "to_inference_data", "group_names", "summary", "save", "load",
+           "rhat", "ess", "mcse", "psislw", "plot_trace", "plot_rank", "plot_posterior"]
 
 _HISTORY_GROUP = "ppl_history"
+# Tail ESS: the smaller of the ESS of the 5% and 95% quantiles (ArviZ 0.x's definition).
+_TAIL_PROB = (0.05, 0.95)
 
 
+def _arviz_major() -> int:
+    try:
+        return int(metadata.version("arviz").split(".")[0])
+    except metadata.PackageNotFoundError:  # pragma: no cover - arviz is a dependency
+        return 0
+
+
+ARVIZ_MAJOR: int = _arviz_major()
+"""The installed ArviZ's major version (0 or 1), read from its metadata (no import)."""
+
+
+@cache
 def _az():
     import arviz as az
 
-    if az.Numba.numba_flag:
+    if ARVIZ_MAJOR == 0 and az.Numba.numba_flag:
         # ArviZ 0.23's numba path calls float() on 1-element arrays, an error under numpy 2.4.
         az.Numba.disable_numba()
     return az
 
 
-def to_inference_data(post: Posterior):
-    az = _az()
+@cache
+def _array_stats():
+    """ArviZ 1.x's array-level statistics (no xarray wrapping)."""
+    from arviz_stats.base import array_stats
+
+    return array_stats
+
+
+# -- the container ---------------------------------------------------------------------------
+def _groups(post: Posterior) -> dict[str, dict[str, np.ndarray]]:
     stats = dict(post.stats)
     if post.log_weights is not None:
         stats["log_weight"] = post.log_weights
+    groups = {"posterior": dict(post.samples)}
+    if stats:
+        groups["sample_stats"] = stats
+    if post.log_likelihood:
+        groups["log_likelihood"] = dict(post.log_likelihood)
+    return groups
+
+
+def _attrs(post: Posterior) -> dict:
     attrs = {"ppl_meta": encode_meta(post.meta)}
     if post.log_evidence is not None:
         attrs["log_evidence"] = post.log_evidence
-    idata = az.from_dict(
-        posterior=post.samples,
-        sample_stats=stats or None,
-        log_likelihood=post.log_likelihood or None,
-    )
-    idata.posterior.attrs.update(attrs)
-    if post.history:
+    return attrs
+
+
+def _history_dataset(post: Posterior):
+    import xarray as xr
+
+    data_vars = {}
+    for name, value in post.history.items():
+        dims = [f"{name}_dim_{i}" for i in range(np.ndim(value))]
+        data_vars[name] = (dims, np.asarray(value))
+    return xr.Dataset(data_vars)
+
+
+def to_inference_data(post: Posterior):
+    """The installed ArviZ's container: ``InferenceData`` (0.x) or ``xarray.DataTree``
+    (1.x), with groups posterior, sample_stats (log weights as ``log_weight``),
+    log_likelihood, and ``ppl_history`` (per-iteration statistics); ppl's metadata and
+    the log-evidence are attributes of the posterior group."""
+    groups = _groups(post)
+    if ARVIZ_MAJOR >= 1:
+        import arviz_base as azb
         import xarray as xr
 
-        data_vars = {}
-        for name, value in post.history.items():
-            dims = [f"{name}_dim_{i}" for i in range(np.ndim(value))]
-            data_vars[name] = (dims, np.asarray(value))
-        idata.add_groups({_HISTORY_GROUP: xr.Dataset(data_vars)}, warn_on_custom_groups=False)
+        tree = azb.from_dict(groups)
+        tree["posterior"].attrs.update(_attrs(post))
+        if post.history:
+            tree[_HISTORY_GROUP] = xr.DataTree(_history_dataset(post))
+        return tree
+    idata = _az().from_dict(**groups)
+    idata.posterior.attrs.update(_attrs(post))
+    if post.history:
+        idata.add_groups({_HISTORY_GROUP: _history_dataset(post)}, warn_on_custom_groups=False)
     return idata
 
 
+def group_names(data) -> list[str]:
+    """Names of the groups of an ``InferenceData`` or a ``DataTree`` (``"posterior"``, ...)."""
+    if hasattr(data, "children"):  # DataTree
+        return list(data.children)
+    return list(data.groups())
+
+
+# -- diagnostics on arrays -----------------------------------------------------------------
 def _split_rhat(x: np.ndarray) -> np.ndarray:
     # x: (chain, draw, k); chains split in halves (Gelman et al. BDA3, eq. 11.4).
     half = x.shape[1] // 2
@@ -85,9 +155,9 @@ def rhat(samples: np.ndarray) -> np.ndarray:
 
     Vehtari, Gelman, Simpson, Carpenter, Buerkner (2021): the larger of the split R-hat of
     the rank-normalised draws (bulk) and of the rank-normalised folded draws
-    ``|x - median|`` (tail); equal to ``arviz.rhat(method="rank")``. Written in NumPy
-    because importing ArviZ (matplotlib, xarray) costs seconds in the warnings path of
-    every NUTS run.
+    ``|x - median|`` (tail); equal to ``arviz.rhat(method="rank")`` in both ArviZ worlds.
+    Written in NumPy because importing ArviZ (matplotlib, xarray) costs seconds in the
+    warnings path of every NUTS run.
     """
     x = np.asarray(samples, np.float64)
     shape = x.shape[2:]
@@ -98,23 +168,94 @@ def rhat(samples: np.ndarray) -> np.ndarray:
     return np.maximum(bulk, tail).reshape(shape)
 
 
+def _per_scalar(samples) -> tuple[np.ndarray, tuple[int, ...]]:
+    x = np.asarray(samples)
+    if x.ndim < 2:
+        raise ValueError(f"Expected draws shaped (chain, draw, ...), got shape {x.shape}.")
+    return x.reshape(x.shape[:2] + (-1,)), x.shape[2:]
+
+
 def ess(samples: np.ndarray, method: str = "bulk") -> np.ndarray:
-    """Effective sample size of ``(chain, draw, ...)`` draws, per scalar."""
-    az = _az()
-    ds = az.convert_to_dataset(np.asarray(samples))
-    return np.asarray(az.ess(ds, method=method)["x"])
+    """Effective sample size of ``(chain, draw, ...)`` draws, one per scalar
+    (``method``: ``"bulk"``, ``"tail"``, ``"mean"``, ``"sd"``, ...)."""
+    x, shape = _per_scalar(samples)
+    if ARVIZ_MAJOR >= 1:
+        prob = _TAIL_PROB if method == "tail" else None
+        out = _array_stats().ess(x, method=method, prob=prob, chain_axis=0, draw_axis=1)
+    else:
+        az = _az()
+        out = az.ess(az.convert_to_dataset(x), method=method)["x"].values
+    return np.asarray(out, np.float64).reshape(shape)
 
 
-def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
-    order = np.argsort(x)
-    cw = np.cumsum(w[order])
-    return float(x[order][min(np.searchsorted(cw, q * cw[-1]), len(x) - 1)])
+def mcse(samples: np.ndarray, method: str = "mean") -> np.ndarray:
+    """Monte Carlo standard error of ``(chain, draw, ...)`` draws, one per scalar."""
+    x, shape = _per_scalar(samples)
+    if ARVIZ_MAJOR >= 1:
+        out = _array_stats().mcse(x, method=method, chain_axis=0, draw_axis=1)
+    else:
+        az = _az()
+        out = az.mcse(az.convert_to_dataset(x), method=method)["x"].values
+    return np.asarray(out, np.float64).reshape(shape)
+
+
+def psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, float]:
+    """Pareto-smoothed log importance weights of a 1-D array of log ratios
+    ``log p - log q`` (Vehtari et al. 2024), with ``r_eff = 1``; returns
+    ``(smoothed log weights, k-hat)``. ArviZ 1.x's ``psislw`` takes the negated ratios (its
+    LOO convention: log-likelihoods); this takes the ratios on both."""
+    lr = np.asarray(log_ratios, np.float64).reshape(-1)
+    if ARVIZ_MAJOR >= 1:
+        smoothed, khat = _array_stats().psislw(-lr, r_eff=1.0)
+    else:
+        smoothed, khat = _az().psislw(lr, reff=1.0)
+    return np.asarray(smoothed, np.float64), float(np.asarray(khat))
+
+
+# -- the summary -----------------------------------------------------------------------------
+def _hdi_labels(hdi_prob: float) -> tuple[str, str]:
+    alpha = 1 - hdi_prob
+    return f"hdi_{100 * alpha / 2:g}%", f"hdi_{100 * (1 - alpha / 2):g}%"
+
+
+# ArviZ 0.x's column order and default rounding (decimals per column).
+_COLUMNS = ("mean", "sd", "hdi_lower", "hdi_upper", "mcse_mean", "mcse_sd", "ess_bulk",
+            "ess_tail", "r_hat")
+
+
+def _summary_arviz1(post: Posterior, hdi_prob: float):
+    import arviz_stats as azs
+    import pandas as pd
+
+    table = azs.summary(to_inference_data(post), ci_kind="hdi", ci_prob=hdi_prob,
+                        round_to="none")
+    table = pd.DataFrame(table).astype(np.float64)
+    lower, upper = _hdi_labels(hdi_prob)
+    bounds = [c for c in table.columns if c.startswith("hdi") and c.endswith(("_lb", "_ub"))]
+    table = table.rename(columns={bounds[0]: lower, bounds[1]: upper})
+    # The tail ESS with 0.x's quantiles, row by row in the summary's own order.
+    tail = {}
+    for name, value in post.samples.items():
+        x, shape = _per_scalar(value)
+        values = ess(x, "tail").reshape(-1)
+        for j in range(values.size):
+            index = np.unravel_index(j, shape)
+            tail[name if not shape else f"{name}[{', '.join(map(str, index))}]"] = values[j]
+    table["ess_tail"] = [tail.get(label, np.nan) for label in table.index]
+    columns = [lower if c == "hdi_lower" else upper if c == "hdi_upper" else c for c in _COLUMNS]
+    table = table[columns]
+    decimals = {c: 0 if c.startswith("ess") else 2 if c == "r_hat" else 3 for c in columns}
+    return table.round(decimals)
 
 
 def summary(post: Posterior, hdi_prob: float = 0.94) -> pd.DataFrame:
+    """One row per scalar: mean, sd, HDI bounds, MCSE of mean and sd, bulk/tail ESS, R-hat
+    (ArviZ 0.x's columns and rounding on both worlds); weighted draws get weighted moments,
+    an equal-tailed interval and Kish's ESS instead."""
     if post.log_weights is None:
-        az = _az()
-        return az.summary(to_inference_data(post), hdi_prob=hdi_prob)
+        if ARVIZ_MAJOR >= 1:
+            return _summary_arviz1(post, hdi_prob)
+        return _az().summary(to_inference_data(post), hdi_prob=hdi_prob)
     # Weighted draws: moments, central interval and Kish ESS.
     w = post.weights.reshape(-1)
     kish = 1.0 / np.sum(w**2)
@@ -124,7 +265,8 @@ def summary(post: Posterior, hdi_prob: float = 0.94) -> pd.DataFrame:
         x = post.flat(name).reshape(w.size, -1)
         shape = post.samples[name].shape[2:]
         for j in range(x.shape[1]):
-            label = name if not shape else f"{name}[{', '.join(map(str, np.unravel_index(j, shape)))}]"
+            index = ", ".join(map(str, np.unravel_index(j, shape)))
+            label = f"{name}[{index}]" if shape else name
             m = float(np.sum(w * x[:, j]))
             sd = float(np.sqrt(np.sum(w * (x[:, j] - m) ** 2)))
             rows[label] = {
@@ -140,31 +282,49 @@ def summary(post: Posterior, hdi_prob: float = 0.94) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    order = np.argsort(x)
+    cw = np.cumsum(w[order])
+    return float(x[order][min(np.searchsorted(cw, q * cw[-1]), len(x) - 1)])
+
+
+# -- saving and loading ----------------------------------------------------------------------
 def save(post: Posterior, path) -> None:
-    idata = to_inference_data(post)
-    idata.to_netcdf(str(path))
+    """netCDF-4 with one group per ArviZ group (h5netcdf); either ArviZ world reads it."""
+    to_inference_data(post).to_netcdf(str(path), engine="h5netcdf")
+
+
+def _read_groups(path) -> dict:
+    """Every group of a netCDF file written by ArviZ 0.x or 1.x, loaded into memory, by name."""
+    import xarray as xr
+
+    tree = xr.open_datatree(str(path), engine="h5netcdf")
+    try:
+        return {name: node.to_dataset().load() for name, node in tree.children.items()}
+    finally:
+        tree.close()
 
 
 def load(path) -> Posterior:
-    az = _az()
-    idata = az.from_netcdf(str(path))
-    posterior = idata.posterior
+    """A Posterior from a file written by :func:`save` (by either ArviZ world)."""
+    groups = _read_groups(path)
+    if "posterior" not in groups:
+        raise ValueError(f"Expected a posterior group in {path}, got groups {sorted(groups)}.")
+    posterior = groups["posterior"]
     samples = {name: np.asarray(posterior[name].values) for name in posterior.data_vars}
     stats, log_weights = {}, None
-    if "sample_stats" in idata.groups():
-        for name in idata.sample_stats.data_vars:
-            value = np.asarray(idata.sample_stats[name].values)
-            if name == "log_weight":
-                log_weights = value
-            else:
-                stats[name] = value
+    for name, value in groups.get("sample_stats", {}).items():
+        if name == "log_weight":
+            log_weights = np.asarray(value.values)
+        else:
+            stats[name] = np.asarray(value.values)
     log_likelihood = None
-    if "log_likelihood" in idata.groups():
-        ll = idata.log_likelihood
+    if "log_likelihood" in groups:
+        ll = groups["log_likelihood"]
         log_likelihood = {name: np.asarray(ll[name].values) for name in ll.data_vars}
     history = {}
-    if _HISTORY_GROUP in idata.groups():
-        group = getattr(idata, _HISTORY_GROUP)
+    if _HISTORY_GROUP in groups:
+        group = groups[_HISTORY_GROUP]
         history = {name: np.asarray(group[name].values) for name in group.data_vars}
     attrs = dict(posterior.attrs)
     meta = json.loads(attrs.get("ppl_meta", "{}"))
@@ -180,32 +340,51 @@ def load(path) -> Posterior:
     )
 
 
-def mcse(samples: np.ndarray, method: str = "mean") -> np.ndarray:
-    """Monte Carlo standard error of ``(chain, draw, ...)`` draws, one per scalar."""
-    az = _az()
-    x = np.asarray(samples)
-    flat = x.reshape(x.shape[:2] + (-1,))
-    return np.asarray(az.mcse(az.convert_to_dataset(flat), method=method)["x"]).reshape(x.shape[2:])
-
-
+# -- plots -----------------------------------------------------------------------------------
 def _figure_of(axes):
     fig = np.asarray(axes).ravel()[0].figure
     fig.tight_layout()
     return fig
 
 
+def _figure_of_collection(plot_collection):
+    return plot_collection.viz["figure"].item()
+
+
 def plot_trace(post: Posterior, var_names: list[str] | None = None):
     """Trace plot (density and draws per chain); returns the matplotlib figure."""
-    return _figure_of(_az().plot_trace(to_inference_data(post), var_names=var_names, compact=True))
+    data = to_inference_data(post)
+    if ARVIZ_MAJOR >= 1:
+        import arviz_plots as azp
+
+        return _figure_of_collection(
+            azp.plot_trace_dist(data, var_names=var_names, backend="matplotlib"))
+    return _figure_of(_az().plot_trace(data, var_names=var_names, compact=True))
 
 
 def plot_rank(post: Posterior, var_names: list[str] | None = None):
     """Rank plot per chain (uniform when chains agree); returns the matplotlib figure."""
-    return _figure_of(_az().plot_rank(to_inference_data(post), var_names=var_names))
+    data = to_inference_data(post)
+    if ARVIZ_MAJOR >= 1:
+        import arviz_plots as azp
+
+        return _figure_of_collection(
+            azp.plot_rank(data, var_names=var_names, backend="matplotlib"))
+    return _figure_of(_az().plot_rank(data, var_names=var_names))
 
 
-def plot_posterior(post: Posterior, var_names: list[str] | None = None, ref_val=None):
-    """Marginal posteriors with HDI; returns the matplotlib figure."""
-    return _figure_of(
-        _az().plot_posterior(to_inference_data(post), var_names=var_names, ref_val=ref_val)
-    )
+def plot_posterior(post: Posterior, var_names: list[str] | None = None, ref_val=None,
+                   hdi_prob: float = 0.94):
+    """Marginal posteriors with HDI (and reference values, a number or ``{site: value}``);
+    returns the matplotlib figure."""
+    data = to_inference_data(post)
+    if ARVIZ_MAJOR >= 1:
+        import arviz_plots as azp
+
+        collection = azp.plot_dist(data, var_names=var_names, ci_kind="hdi", ci_prob=hdi_prob,
+                                   backend="matplotlib")
+        if ref_val is not None:
+            azp.add_lines(collection, ref_val)
+        return _figure_of_collection(collection)
+    return _figure_of(_az().plot_posterior(data, var_names=var_names, ref_val=ref_val,
+                                           hdi_prob=hdi_prob))

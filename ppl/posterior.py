@@ -125,7 +125,9 @@ class Posterior:
 
     # -- views ----------------------------------------------------------------------------
     def to_arviz(self):
-        """An ArviZ InferenceData (posterior, sample_stats, log_likelihood when known)."""
+        """The installed ArviZ's container: an ``InferenceData`` with ArviZ 0.x, an
+        ``xarray.DataTree`` with ArviZ 1.x (groups posterior, sample_stats, log_likelihood when
+        known, ppl_history; :func:`ppl.arviz_bridge.group_names` lists them on both)."""
         from ppl import arviz_bridge
 
         return arviz_bridge.to_inference_data(self)

@@ -50,7 +50,6 @@ from ppl.inference.vi.psis import KHAT_THRESHOLD, ImportanceDiagnostics, importa
 
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
-from ppl.prng import same_streams_fused
 from ppl.progress import ProgressBar
 
 __all__ = ["FlowVIState", "FlowVIInfo", "FlowVIResult", "NonFiniteError", "elbo", "init",
@@ -366,9 +365,11 @@ def fit(
         raise ValueError(f"Expected whiten in {WHITENINGS} (or a bool), got {whiten!r}.")
     start_time = time.perf_counter()
     lap_key, flow_key, train_key = jax.random.split(key, 3)
-    # The same random numbers from fused Threefry programs: the training program compiles
-    # about 10% faster (JAX's own threefry is a rolled loop that is slow to compile on CPU).
-    train_key = same_streams_fused(train_key)
+    # The training program draws with JAX's own threefry, not ppl.prng's unrolled one: XLA
+    # fuses the 20 unrolled rounds with the normal transform and the ELBO's consumers into
+    # loop kernels whose long chain of dependent integer ops sends LLVM's loop vectorizer
+    # (jaxlib >= 0.11, in VPlan's onlyFirstLaneUsed) into a search lasting many minutes
+    # (bench/vi_compile.py). With jaxlib 0.10.2 the unrolled one saved about 10% here.
     dim = model.dim
     flow_settings = {"dim": dim, "kind": flow, "num_layers": int(num_layers),
                      "width": int(width), "depth": int(depth)}

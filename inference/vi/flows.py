@@ -72,7 +72,9 @@ def make_flow(
         raise ValueError(f"Expected dim to be a positive integer, got {dim!r}.")
     settings = (dim, kind, int(num_layers), int(width), int(depth), int(knots), float(interval))
     # flowjax initialises eagerly, one compiled program per parameter shape; the same random
-    # numbers from fused programs compile about 2x faster (a cold process's biggest fixed cost).
+    # numbers from fused programs compile about 2x faster (a cold process's biggest fixed cost;
+    # 1.6x with jaxlib 0.12, where a few floats round one step apart). These are small
+    # eager programs: the training program draws with JAX's own key (see flow.fit).
     flow = _make_flow(same_streams_fused(key), *settings)
     # flowjax flows carry per-instance closures as static leaves; reuse one static part per
     # architecture so that compiled training/sampling programs are not rebuilt per flow.

@@ -5,7 +5,7 @@ unnormalised), Pareto-smoothed importance sampling (PSIS) fits a generalised Par
 distribution to the largest weights; its shape ``k`` says how far ``q`` may be trusted
 (Yao, Vehtari, Simpson & Gelman 2018, "Yes, but did it work?: Evaluating variational
 inference"): ``k < 0.5`` good, ``0.5 <= k < 0.7`` usable, ``k >= 0.7`` not to be trusted.
-The smoothing itself is ArviZ's :func:`arviz.psislw`.
+The smoothing itself is ArviZ's ``psislw`` (through :mod:`ppl.arviz_bridge`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def importance_diagnostics(log_weights) -> ImportanceDiagnostics:
     Raises:
         ValueError: fewer than 10 draws, or no finite weight.
     """
-    import arviz as az
+    from ppl import arviz_bridge
 
     lw = np.asarray(log_weights, dtype=np.float64).reshape(-1)
     if lw.size < 10:
@@ -69,7 +69,7 @@ def importance_diagnostics(log_weights) -> ImportanceDiagnostics:
     if np.ptp(shifted) < 1e-6:  # q equals the target up to a constant: nothing to smooth
         smoothed, khat = np.full(lw.shape, -np.log(lw.size)), -np.inf
     else:
-        smoothed, khat = az.psislw(shifted, reff=1.0)
+        smoothed, khat = arviz_bridge.psislw(shifted)
     smoothed = np.asarray(smoothed, dtype=np.float64)
     smoothed = np.where(finite, smoothed, -np.inf)
     smoothed = smoothed - logsumexp(smoothed)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import ppl
+from ppl import arviz_bridge
 
 
 def make_posterior(log_weights=None, **extra):
@@ -22,8 +23,8 @@ def test_shapes_and_views():
     post = make_posterior()
     assert post.shape == (2, 50) and post.num_chains == 2 and post.num_draws == 50
     assert post.flat("b").shape == (100, 3)
-    idata = post.to_arviz()
-    assert set(idata.groups()) >= {"posterior", "sample_stats"}
+    idata = post.to_arviz()  # InferenceData on ArviZ 0.x, DataTree on 1.x
+    assert set(arviz_bridge.group_names(idata)) >= {"posterior", "sample_stats", "ppl_history"}
     table = post.summary()
     assert list(table.index[:2]) == ["a", "b[0]"]
     assert {"mean", "sd", "ess_bulk", "ess_tail", "r_hat", "mcse_mean"} <= set(table.columns)
