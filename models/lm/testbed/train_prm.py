@@ -189,6 +189,9 @@ def batches(rng: np.random.Generator, examples, batch: int):
     """Endless padded batches: each pass shuffles, sorts pools of ``POOL_BATCHES`` batches by
     length and pads each batch to the smallest bucket that holds it (as ``train.py`` does)."""
     pool = batch * POOL_BATCHES
+    if len(examples) < pool:
+        raise ValueError(f"Expected at least {pool} examples (batch {batch} times "
+                         f"{POOL_BATCHES} batches per pool), got {len(examples)}.")
     while True:
         order = rng.permutation(len(examples))
         cut = []
