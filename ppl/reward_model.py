@@ -175,6 +175,24 @@ class FinalCheck(AbstractRewardModel):
                                                         state.score))
         return RewardState((twist, final), score)
 
+    def next_scores(self, state) -> jnp.ndarray:
+        """``(batch, vocab)``: the score after each possible next token (the final check's
+        for end tokens, the twist's, or 1 without one, for the others). Needs ``next_scores``
+        on ``final`` and on ``twist``."""
+        twist, final = state.cache
+        for name, part in (("final", self.final), ("twist", self.twist)):
+            if part is not None and not hasattr(part, "next_scores"):
+                raise ValueError(
+                    f"Expected a {name} with next_scores (the score after every possible next "
+                    f"token at once) for the token-level proposal; {type(part).__name__} has "
+                    "none: use the step-level proposal.")
+        final_scores = self.final.next_scores(final)
+        vocab = jnp.arange(final_scores.shape[1])
+        is_end = jnp.isin(vocab, jnp.asarray(self.end_ids or (-1,), jnp.int32))
+        prefix = (jnp.ones_like(final_scores) if twist is None
+                  else self.twist.next_scores(twist))
+        return jnp.where(is_end[None], final_scores, prefix)
+
     def reorder(self, state, ancestors) -> RewardState:
         twist, final = state.cache
         twist = None if twist is None else self.twist.reorder(twist, ancestors)

@@ -173,6 +173,12 @@ def twisted_smc(keys, job: Job, *, final, proposal: str = "step",
     job = job._replace(reward=reward, context=reward.prepare(job.prompts), step=step,
                        allow_collapse=True)
     if proposal == "token":
+        for name, part in (("twist", job.reward.twist), ("final", final)):
+            if part is not None and not hasattr(part, "next_scores"):
+                raise ValueError(
+                    f"Expected a {name} with next_scores (the score after every possible next "
+                    f"token at once) for proposal='token'; {type(part).__name__} has none: "
+                    "use proposal='step'.")
         batch = _run_tokens(keys, job, reward, ess_threshold=ess_threshold,
                             resampling=resampling)
     else:

@@ -206,6 +206,18 @@ class OracleReward(AbstractRewardModel):
         cache = _oracle_read(state.cache, tokens, num_valid)
         return RewardState(cache, cache.matching.astype(jnp.float32))
 
+    def next_scores(self, state: RewardState) -> Float[Array, "batch vocab"]:
+        """The score after each possible next token, for every row at once: 1 for the
+        reference's next token while the trace still follows it, 0 for every other (what
+        ``extend`` with that one token would give; the token-level twisted proposal uses it)."""
+        cache = state.cache
+        width = cache.reference_ids.shape[1]
+        index = jnp.clip(cache.num_read, 0, width - 1)
+        expected = jnp.take_along_axis(cache.reference_ids, index[:, None], axis=1)[:, 0]
+        ok = cache.matching & (cache.num_read < cache.reference_lengths)
+        vocab = jnp.arange(len(data.VOCAB))
+        return (ok[:, None] & (vocab[None] == expected[:, None])).astype(jnp.float32)
+
 
 # 32-bit FNV-1a over token ids, and murmur3's finaliser to turn a hash into uniform bits.
 _FNV_OFFSET, _FNV_PRIME = 2166136261, 16777619
