@@ -246,8 +246,9 @@ def run_solve(args) -> int:
     return 0
 
 
-def make_twist(spec: str, *, checkpoints: Path = _CHECKPOINTS):
-    """A testbed twist by name: ``learned`` (``arith_twist``) or ``oracle``."""
+def make_twist(spec: str, *, checkpoints: Path = _CHECKPOINTS, lm_directory=None):
+    """A testbed twist by name: ``learned`` (``arith_twist``, refused unless it was trained
+    for the language model in ``lm_directory``, when given) or ``oracle``."""
     from ppl.models.lm.testbed import prm
 
     if spec == "oracle":
@@ -255,7 +256,7 @@ def make_twist(spec: str, *, checkpoints: Path = _CHECKPOINTS):
     if spec == "learned":
         from ppl.models.lm.testbed import twist
 
-        return twist.load(checkpoints / "arith_twist").reward_model()
+        return twist.load(checkpoints / "arith_twist", lm_directory=lm_directory).reward_model()
     raise ValueError(f"Expected --twist learned or oracle, got {spec!r}.")
 
 
@@ -292,7 +293,8 @@ def run_evidence(args) -> int:
         model, tokenizer, prompts, lambda i, text: text == problems[i].solution(),
         key=jax.random.fold_in(key, 1), num_samples=args.exact_samples,
         max_tries=args.max_tries)
-    twist = make_twist(args.twist) if args.method == "twisted_smc" else None
+    twist = (make_twist(args.twist, lm_directory=args.checkpoint)
+             if args.method == "twisted_smc" else None)
     result = evidence.evidence_bounds(
         args.method, model, tokenizer, prompts, key=key, final=prm.OracleReward(), twist=twist,
         exact_samples=samples, num_particles=args.particles, num_runs=args.runs,
