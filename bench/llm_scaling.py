@@ -153,8 +153,10 @@ def main(argv=None) -> int:
 
     def timed(method, reward_name, repeat, profile):
         load = _load()
+        # The filter with the anchors' potential (resampling every step), as the naive one.
+        extra = {"potential": "logit"} if method == "particle_filter" else {}
         result = llm.run(method, model, tokenizer, prompts, key=jax.random.key(repeat),
-                         reward=rewards[reward_name], profile=profile, **common)
+                         reward=rewards[reward_name], profile=profile, **common, **extra)
         return {
             "method": method, "reward": reward_name, "repeat": repeat, "profile": profile,
             "wall": result.wall_time, "tokens": int(result.tokens.sum()),
@@ -191,7 +193,8 @@ def main(argv=None) -> int:
         naive_particle_filter(model, score_strings, subset[0], args.particles,
                               key=jax.random.key(99), temperature=0.8)
         llm.run("particle_filter", model, tokenizer, [p.prompt for p in subset],
-                key=jax.random.key(99), reward=rewards[reward_name], **common)
+                key=jax.random.key(99), reward=rewards[reward_name], potential="logit",
+                **common)
         load = _load()
         start = time.perf_counter()
         answers, naive_tokens = [], 0
@@ -204,7 +207,8 @@ def main(argv=None) -> int:
         naive_load = (load + _load()) / 2
         load = _load()
         result = llm.run("particle_filter", model, tokenizer, [p.prompt for p in subset],
-                         key=jax.random.key(0), reward=rewards[reward_name], **common)
+                         key=jax.random.key(0), reward=rewards[reward_name], potential="logit",
+                         **common)
         naive_rows.append({
             "reward": reward_name, "problems": len(subset), "naive_wall": naive_wall,
             "naive_tokens": naive_tokens, "naive_accuracy": _accuracy(answers, subset),

@@ -11,14 +11,20 @@ more and more often a wrong trace that fools it (on the testbed at 8 operations,
 from 0.77 at N=16 to 0.48 at N=64 where the vote held 0.88 and 0.75). Two potentials (see
 :mod:`~ppl.inference.llm.population`):
 
+- ``potential="increment"``, the principled one and the default: ``log G_t = log r_t -
+  log r_{t-1}``, resampling when the ESS falls below ``ess_threshold N``, and a log-evidence
+  that is unbiased on the exp scale for the target (``target="proposal"``: the tempered LM
+  times the final score; ``"base"``: the untempered LM times the final score, each step
+  adding ``log p_base - log p_proposal``). The weights telescope to the final score, so a
+  PRM's overconfidence cannot compound over the steps;
 - ``potential="logit"``, for parity with its_hub and the paper's code: the log-weight is
   ``logit(r_t) / weight_temperature`` of the latest score, multinomial resampling at every
-  step, the language model at temperature 0.8;
-- ``potential="increment"``, the principled one: ``log G_t = log r_t - log r_{t-1}``,
-  resampling when the ESS falls below ``ess_threshold N``, and a log-evidence that is
-  unbiased on the exp scale for the target (``target="proposal"``: the tempered LM times
-  the final score; ``"base"``: the untempered LM times the final score, each step adding
-  ``log p_base - log p_proposal``).
+  step, the language model at temperature 0.8. The odds ``r / (1 - r)`` it weighs by favour
+  the traces the PRM is most sure of without bound: with the testbed's learned PRM (48
+  problems at 8 operations, weighted vote) it reached 0.875 at N=16 and 0.75 at N=64,
+  where the increment potential reached 0.958 and 1.0. With a PRM whose scores are 0 or 1
+  (the noisy oracle, 20% flips) the logit potential did better at small N (0.77 against
+  0.56 at N=4): measure with your own PRM.
 
 **Entropic particle filter** (ePF): the same filter, with the weights flattened before
 each resampling by the largest exponent ``b <= 1`` whose weights keep an ESS of at least
@@ -111,7 +117,7 @@ def particle_filter(
     keys,
     job: Job,
     *,
-    potential: str = "logit",
+    potential: str = "increment",
     weight_temperature: float = 1.0,
     target: str = "proposal",
     resampling: str | None = None,
@@ -124,7 +130,7 @@ def particle_filter(
     Args:
         keys: ``(G,)`` one PRNG key per problem.
         job: the batch.
-        potential: ``"logit"`` (the anchors') or ``"increment"`` (principled).
+        potential: ``"increment"`` (principled, the default) or ``"logit"`` (the anchors').
         weight_temperature: divides the logits of the ``logit`` potential.
         target: ``"proposal"`` or ``"base"`` (``increment`` only).
         resampling: scheme (default multinomial for ``logit``, systematic otherwise).
@@ -216,7 +222,7 @@ def entropic_particle_filter(
     keys,
     job: Job,
     *,
-    potential: str = "logit",
+    potential: str = "increment",
     weight_temperature: float = 1.0,
     target: str = "proposal",
     target_ess: float = 0.5,

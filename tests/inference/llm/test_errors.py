@@ -33,9 +33,9 @@ def test_settings_are_checked_before_any_work(testbed, problems):
                                          "self_consistency"):
         _run(testbed, prompts, reward=None)
     with pytest.raises(ValueError, match="score_clip > 0 with potential='logit'"):
-        _run(testbed, prompts, score_clip=0.0)
+        _run(testbed, prompts, score_clip=0.0, potential="logit")
     with pytest.raises(ValueError, match="target='proposal' with potential='logit'"):
-        _run(testbed, prompts, target="base")
+        _run(testbed, prompts, target="base", potential="logit")
     with pytest.raises(ValueError, match="aggregation one of last, min, product"):
         _run(testbed, prompts, aggregation="mean")
     with pytest.raises(TypeError, match="Expected reward"):
