@@ -55,6 +55,38 @@ def _site_log_prob(site: dict) -> jax.Array:
     return log_prob
 
 
+def _check_observed_shape(name: str, value_shape: tuple, expected: tuple) -> None:
+    """Raise if observed data would be broadcast against its distribution's shape.
+
+    ``expected`` is the site's ``fn.shape()`` (batch shape with plates, plus event shape).
+    Data with that shape, or larger data the distribution broadcasts over (one likelihood
+    term per value), are fine; anything else gives a silently wrong likelihood (data of
+    shape (30, 1) in a plate of 30 makes 900 terms, one value reused for 30) or a shape
+    error deep inside jax.numpy that names no site.
+    """
+    value_shape, expected = tuple(value_shape), tuple(expected)
+    try:
+        full = np.broadcast_shapes(value_shape, expected)
+    except ValueError:
+        full = None
+    if full is not None and np.prod(full) == np.prod(value_shape):
+        return
+    if full is None:
+        why = "the shapes do not broadcast"
+    else:
+        why = (
+            f"broadcasting would make {int(np.prod(full))} likelihood terms from "
+            f"{int(np.prod(value_shape))} observed value(s)"
+        )
+    hint = f"Pass data of shape {expected}, or fix the plate sizes and distribution shapes."
+    if value_shape == expected + (1,):
+        hint = f"Drop the trailing axis of size 1 (value.squeeze(-1) gives shape {expected})."
+    raise ValueError(
+        f"Observed site '{name}' expects data of shape {expected} (its distribution's batch "
+        f"and event shape), got shape {value_shape}: {why}. {hint}"
+    )
+
+
 def _improper(fn) -> bool:
     """Whether a distribution is (a wrapper around) ImproperUniform, which cannot sample."""
     while fn is not None:
@@ -98,6 +130,7 @@ class NumPyroModel(AbstractModel):
     _dim: int = eqx.field(static=True)
     _deterministic: tuple[str, ...] = eqx.field(static=True)
     _observed_names: tuple[str, ...] = eqx.field(static=True)
+    _observed_shapes: tuple[tuple[int, ...], ...] = eqx.field(static=True)  # fn.shape() by site
     _observed_size: int = eqx.field(static=True)
     _improper_sites: tuple[str, ...] = eqx.field(static=True)
 
@@ -241,7 +274,11 @@ class NumPyroModel(AbstractModel):
                 f"Expected observed site names {sorted(self._observed_names)}, "
                 f"got unknown {sorted(unknown)}."
             )
+        expected = dict(zip(self._observed_names, self._observed_shapes, strict=True))
         for name, value in data.items():
+            # Against the shapes traced at build: the model's arguments, hence its plates,
+            # are unchanged, so another data set must have the same shapes.
+            _check_observed_shape(name, jnp.shape(value), expected[name])
             if not isinstance(value, jax.core.Tracer):  # traced data is checked by the caller
                 check_finite_data(name, value)
         observed = dict(self.observed or {})
@@ -268,6 +305,8 @@ def _abstract_trace(model_fn: Callable, args: tuple, kwargs: dict) -> dict:
         fn = handlers.substitute(handlers.seed(model_fn, rng_seed=0), substitute_fn=_improper_value)
         trace = handlers.trace(fn).get_trace(*args, **kwargs)
         for site in _observed_sites(trace):
+            # Before log_prob, which would broadcast wrong shapes or fail without a site name.
+            _check_observed_shape(site["name"], jnp.shape(site["value"]), site["fn"].shape())
             site["log_prob_shape"] = tuple(jnp.shape(_site_log_prob(site)))
         for site in _latent_sites(trace):
             # Inside the trace: supports may depend on other (abstract) values.
@@ -292,7 +331,8 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
             same model on a new data set of the same shapes does not recompile.
 
     Raises:
-        ValueError: a latent site is discrete, or observed data contains NaN/inf.
+        ValueError: a latent site is discrete, observed data contains NaN/inf, or observed
+            data has a shape its distribution would broadcast (e.g. (30, 1) in a plate of 30).
 
     Example:
         >>> import numpyro, numpyro.distributions as dist, ppl
@@ -326,11 +366,12 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         offset += size
     if not sites:
         raise ValueError(f"Model '{model_fn.__name__}' has no latent sample sites to infer.")
-    observed_names, observed_size = [], 0
+    observed_names, observed_shapes, observed_size = [], [], 0
     for site in _observed_sites(trace):
         if not isinstance(site["value"], jax.ShapeDtypeStruct):  # data, not derived values
             check_finite_data(site["name"], site["value"])
         observed_names.append(site["name"])
+        observed_shapes.append(tuple(site["fn"].shape()))
         observed_size += int(np.prod(site["log_prob_shape"]))
     deterministic = tuple(s["name"] for s in trace.values() if s["type"] == "deterministic")
     return NumPyroModel(
@@ -342,6 +383,7 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         _dim=offset,
         _deterministic=deterministic,
         _observed_names=tuple(observed_names),
+        _observed_shapes=tuple(observed_shapes),
         _observed_size=observed_size,
         _improper_sites=tuple(s["name"] for s in _latent_sites(trace) if _improper(s["fn"])),
     )
