@@ -298,7 +298,16 @@ def _read_groups(path) -> dict:
     """Every group of a netCDF file written by ArviZ 0.x or 1.x, loaded into memory, by name."""
     import xarray as xr
 
-    tree = xr.open_datatree(str(path), engine="h5netcdf")
+    try:
+        tree = xr.open_datatree(str(path), engine="h5netcdf")
+    except (FileNotFoundError, PermissionError):
+        raise
+    except (OSError, ValueError) as error:
+        # h5py's own words ("file signature not found", "truncated file") name no file.
+        raise ValueError(
+            f"Could not read {path}: not a netCDF-4 file, or truncated or corrupted ({error}). "
+            "ppl.load reads the files Posterior.save writes."
+        ) from error
     try:
         return {name: node.to_dataset().load() for name, node in tree.children.items()}
     finally:
@@ -309,7 +318,19 @@ def load(path) -> Posterior:
     """A Posterior from a file written by :func:`save` (by either ArviZ world)."""
     groups = _read_groups(path)
     if "posterior" not in groups:
-        raise ValueError(f"Expected a posterior group in {path}, got groups {sorted(groups)}.")
+        raise ValueError(
+            f"{path} was not written by ppl (Posterior.save): it has no 'posterior' group "
+            f"(groups: {sorted(groups)})."
+        )
+    try:
+        return _from_groups(groups)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # Another tool's file (or a hand-edited one) fails somewhere in the parsing: say which.
+        raise ValueError(f"{path} was not written by ppl (Posterior.save), or was changed "
+                         f"since: {error}") from error
+
+
+def _from_groups(groups: dict) -> Posterior:
     posterior = groups["posterior"]
     samples = {name: np.asarray(posterior[name].values) for name in posterior.data_vars}
     stats, log_weights = {}, None
@@ -328,6 +349,8 @@ def load(path) -> Posterior:
         history = {name: np.asarray(group[name].values) for name in group.data_vars}
     attrs = dict(posterior.attrs)
     meta = json.loads(attrs.get("ppl_meta", "{}"))
+    if not isinstance(meta, dict):
+        raise ValueError(f"its ppl_meta attribute is not a JSON object: {meta!r:.80}")
     log_evidence = attrs.get("log_evidence")
     return Posterior(
         samples=samples,

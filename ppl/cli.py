@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["main", "resolve_model"]
@@ -82,6 +84,8 @@ def _cmd_run(args) -> int:
 
     import ppl
 
+    # Check --out before sampling: a run should not fail at its last step.
+    save_path = _checked_out(Path(args.out), args.overwrite) if args.out else None
     model = resolve_model(args.model)
     settings = _settings(args.set)
     if args.method == "particle_filter":
@@ -91,12 +95,27 @@ def _cmd_run(args) -> int:
     print(post.summary().to_string(max_rows=60))
     if post.log_evidence is not None:
         print(f"log evidence: {post.log_evidence:.4f}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        post.save(out / "posterior.nc", overwrite=args.overwrite)
-        print(f"saved {out / 'posterior.nc'}")
+    if save_path is not None:
+        post.save(save_path, overwrite=args.overwrite)
+        print(f"saved {save_path}")
     return 0
+
+
+def _checked_out(out: Path, overwrite: bool) -> Path:
+    """``out/posterior.nc``, once ``out`` exists and takes a file (and it may be replaced)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".ppl-write-check-"):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"Cannot save to --out {out}: {error.strerror or error}. Choose a writable "
+            "directory."
+        ) from error
+    path = out / "posterior.nc"
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it.")
+    return path
 
 
 def _state_space_inputs(spec: str) -> dict:
@@ -124,7 +143,13 @@ def _cmd_engines(args) -> int:
 def _cmd_models(args) -> int:
     from ppl import models
 
-    for name in models.names(args.tag):
+    names = models.names(args.tag)
+    if not names:
+        tags = sorted({tag for name in models.names() for tag in models.get(name).tags})
+        print(f"ppl: error: no model has the tag {args.tag!r}. Known tags: {', '.join(tags)}.",
+              file=sys.stderr)
+        return 2
+    for name in names:
         entry = models.get(name)
         print(f"{name:50s} {entry.description}")
     return 0
@@ -172,9 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors of the user's input (a bad setting, model name, path): their messages say what to
+# change, and a traceback only hides them. Other exceptions keep theirs.
+_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except _USER_ERRORS as error:
+        if os.environ.get("PPL_DEBUG", "") not in ("", "0"):
+            raise  # PPL_DEBUG=1: the traceback, for a bug report
+        print(f"ppl: error: {error or type(error).__name__}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import numpy as np
 from ppl.inference.mcmc import kernels
 from ppl.inference.mcmc.adaptation import warmup_schedule, window_adaptation
 
+from ppl.infer import as_key
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
@@ -334,7 +335,7 @@ def sample(
     """Run NUTS (or HMC) with Stan's windowed adaptation on ``num_chains`` chains.
 
     Args:
-        key: a JAX PRNG key.
+        key: a JAX PRNG key (or an int seed).
         model: a ppl Model.
         algorithm: "nuts" or "hmc".
         num_chains, num_warmup, num_samples, thinning: run length (per chain).
@@ -369,7 +370,7 @@ def sample(
         float(initial_step_size),
     )
     start = time.perf_counter()
-    init_key, run_key = jax.random.split(key)
+    init_key, run_key = jax.random.split(as_key(key))
     if initial_position is None:
         positions = find_initial_positions(init_key, model, num_chains)
     else:

@@ -254,7 +254,7 @@ def pmmh(
     """Run a PMMH chain of ``num_samples`` steps (one compiled ``lax.scan``).
 
     Args:
-        key: PRNG key.
+        key: PRNG key (or an int seed).
         ssm_fn: ``theta -> StateSpaceModel``, called on traced parameters.
         observations: pytree with leading time axis ``T``.
         initial_position: the starting ``theta`` (a pytree of arrays); must have finite
@@ -286,9 +286,11 @@ def pmmh(
         raise ValueError(f"Expected a positive, finite proposal_scale, got {proposal_scale!r}.")
     observations = jax.tree_util.tree_map(jnp.asarray, observations)
     config = _Config(num_samples, num_particles, resampling, ess_threshold, prng_impl)
+    from ppl.infer import as_key  # as in sample_particle_filter: an int seed is a key too
+
     start = time.perf_counter()
     samples, log_likelihoods, info, initial_log_likelihood = jax.block_until_ready(_run_chain(
-        key, ssm_fn, log_prior_fn, observations, initial_position, scale, config))
+        as_key(key), ssm_fn, log_prior_fn, observations, initial_position, scale, config))
     if not np.isfinite(float(initial_log_likelihood)):
         # From -inf the first finite proposal is always accepted: not a valid PMMH chain.
         raise ValueError(

@@ -64,6 +64,7 @@ from ppl.inference.mcmc import kernels
 from ppl.inference.smc import base
 from ppl.inference.smc.resampling import get_resampler, normalize_log_weights
 
+from ppl.infer import as_key
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
@@ -422,6 +423,13 @@ def _check_inputs(model, num_particles, kernel, target_ess, waste_free, chain_le
             f"{type(model).__name__}."
         )
     base.check_num_particles(num_particles)
+    if num_particles < 2:
+        # One particle has ESS 1 at every temperature: resampling is a no-op, the adaptive
+        # temperature search and the population covariance are undefined.
+        raise ValueError(
+            f"Expected num_particles >= 2 for tempered SMC (resampling and the ESS need at "
+            f"least 2 particles), got {num_particles!r}; use thousands for a log-evidence."
+        )
     if kernel not in _KERNELS:
         raise ValueError(f"Expected kernel in {_KERNELS}, got {kernel!r}.")
     if not 0.0 < float(target_ess) < 1.0:
@@ -457,7 +465,7 @@ def sample_smc(
     """Adaptive tempered SMC from the prior to the posterior, with the log-evidence.
 
     Args:
-        key: a JAX PRNG key.
+        key: a JAX PRNG key (or an int seed).
         model: a ppl Model with a prior sampler (``sample_prior``).
         num_particles: ``N``.
         kernel: MCMC move, "hmc", "nuts" (:mod:`ppl.inference.mcmc`) or "rw" (random walk).
@@ -515,7 +523,7 @@ def sample_smc(
         float(trajectory_length),
     )
     start = time.perf_counter()
-    init_key, loop_key = jax.random.split(key)
+    init_key, loop_key = jax.random.split(as_key(key))
     try:
         state = _init_jit(init_key, model, settings.num_particles, float(initial_step_size),
                           kernel != "rw")

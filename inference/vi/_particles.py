@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ppl.infer import as_key
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
@@ -120,7 +121,7 @@ def run_particle_engine(
     if init not in ("laplace", "prior"):
         raise ValueError(f"Expected init 'laplace' or 'prior', got {init!r}.")
     start_time = time.perf_counter()
-    lap_key, init_key, run_key = jax.random.split(key, 3)
+    lap_key, init_key, run_key = jax.random.split(as_key(key), 3)
     dim = model.dim
     whitening = "none"
     if whiten:

@@ -48,6 +48,7 @@ from ppl.inference.smc import resampling as _resampling
 from ppl.inference.vi import flows as _flows
 from ppl.inference.vi.psis import KHAT_THRESHOLD, ImportanceDiagnostics, importance_diagnostics
 
+from ppl.infer import as_key
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
@@ -317,7 +318,7 @@ def fit(
     """Fit a normalizing flow to ``model``'s unconstrained posterior by maximising the ELBO.
 
     Args:
-        key: PRNG key.
+        key: PRNG key (or an int seed).
         model: a ppl Model with continuous latents.
         flow: ``"maf"`` (default), ``"spline"``, ``"bnaf"`` or ``"planar"``.
         num_layers, width, depth: flow architecture (see ``flows.make_flow``).
@@ -364,7 +365,7 @@ def fit(
     if whiten not in WHITENINGS:
         raise ValueError(f"Expected whiten in {WHITENINGS} (or a bool), got {whiten!r}.")
     start_time = time.perf_counter()
-    lap_key, flow_key, train_key = jax.random.split(key, 3)
+    lap_key, flow_key, train_key = jax.random.split(as_key(key), 3)
     # The training program draws with JAX's own threefry, not ppl.prng's unrolled one: XLA
     # fuses the 20 unrolled rounds with the normal transform and the ELBO's consumers into
     # loop kernels whose long chain of dependent integer ops sends LLVM's loop vectorizer
@@ -617,7 +618,7 @@ def fit_flow_vi(key, model: AbstractModel, *, num_draws: int = 2000,
         True
     """
     num_draws = _check_int("num_draws", num_draws, 10)
-    fit_key, draw_key = jax.random.split(key)
+    fit_key, draw_key = jax.random.split(as_key(key))
     result = fit(fit_key, model, **settings)
     return result.posterior(draw_key, model, num_draws=num_draws,
                             importance_resample=importance_resample,

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-
 from ppl.models.lm.reward import TransformerRewardModel
 
 from .. import loading

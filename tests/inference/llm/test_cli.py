@@ -27,7 +27,8 @@ def test_solve_reads_problems_and_writes_one_answer_per_line(tmp_path, capsys):
     assert "accuracy 1.000" in printed and "Q 5 +3 *2" in printed
 
 
-def test_solve_generates_problems_and_names_bad_input(tmp_path):
+def test_solve_generates_problems_and_names_bad_input(tmp_path, monkeypatch):
+    monkeypatch.setenv("PPL_DEBUG", "1")  # main re-raises user errors: match their messages
     out = tmp_path / "generated.jsonl"
     assert main(["lm", "solve", "--method", "self_consistency", "--reward", "none",
                  "--particles", "2", "--num-problems", "3", "--difficulty", "2",
@@ -43,7 +44,8 @@ def test_solve_generates_problems_and_names_bad_input(tmp_path):
         build_parser().parse_args(["lm", "solve", "--method", "magic"])
 
 
-def test_scaling_writes_a_report_and_resumes(tmp_path, capsys):
+def test_scaling_writes_a_report_and_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PPL_DEBUG", "1")  # main re-raises user errors: match their messages
     out = tmp_path / "scaling"
     argv = ["lm", "scaling", "--out", str(out), "--difficulties", "3", "--particles", "1,2",
             "--methods", "particle_filter,weighted_best_of_n,self_consistency",
@@ -67,7 +69,8 @@ def test_scaling_writes_a_report_and_resumes(tmp_path, capsys):
         main([*argv[:-1], "5"])
 
 
-def test_evidence_writes_bounds_per_problem(tmp_path, capsys):
+def test_evidence_writes_bounds_per_problem(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PPL_DEBUG", "1")  # main re-raises user errors: match their messages
     out = tmp_path / "bounds.jsonl"
     assert main(["lm", "evidence", "--method", "smc", "--particles", "4", "--num-problems",
                  "1", "--difficulty", "3", "--runs", "2", "--exact-samples", "2",
