@@ -2,7 +2,8 @@
 
 ``write_scaling_report(points, out_dir)`` writes ``report.html`` (one panel per problem set
 and reward, accuracy against tokens per problem with standard-error bars, a second figure
-against reward calls, and every point in a table) and ``scaling.json`` (the points).
+against reward calls, power sampling against alpha where the study has it, and every point
+in a table) and ``scaling.json`` (the points).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 import pandas as pd
 from ppl.diagnostics.html import Section, figure_html, render_page, table_html
 
-__all__ = ["budget_matches", "plot_scaling", "write_scaling_report"]
+__all__ = ["budget_matches", "plot_power", "plot_scaling", "power_table", "split_points",
+           "write_scaling_report"]
 
 _STYLES = {
     "particle_filter": ("#c0392b", "o", "-"),
@@ -28,6 +30,64 @@ _STYLES = {
 }
 
 
+_POWER_STYLES = {
+    "power_sampling": ("#c0392b", "o-", "power sampling (1 chain)"),
+    "vote, T=1": ("#7f8c8d", "s:", "vote, T = 1, same tokens"),
+    "vote, T=1/alpha": ("#2980b9", "^:", "vote, T = 1/alpha, same tokens"),
+    "one sample, T=1/alpha": ("#2c3e50", "x--", "one sample, T = 1/alpha"),
+}
+
+
+def split_points(points: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The points against N, and power sampling's points against alpha."""
+    return ([p for p in points if p.get("alpha") is None],
+            [p for p in points if p.get("alpha") is not None])
+
+
+def plot_power(points: list[dict]):
+    """Accuracy against alpha, one panel per problem set (power sampling's points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frame = pd.DataFrame(split_points(points)[1])
+    problem_sets = list(dict.fromkeys(frame["problems"]))
+    fig, axes = plt.subplots(1, len(problem_sets), figsize=(4.4 * len(problem_sets), 3.2),
+                             squeeze=False, sharey=True)
+    for ax, label in zip(axes[0], problem_sets, strict=True):
+        here = frame[frame["problems"] == label]
+        for method, (color, style, name) in _POWER_STYLES.items():
+            rows = here[here["method"] == method].sort_values("alpha")
+            if len(rows):
+                ax.errorbar(rows["alpha"], rows["accuracy"], yerr=rows["accuracy_se"],
+                            fmt=style, color=color, capsize=2, markersize=4, label=name)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("alpha")
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("accuracy")
+    axes[0, 0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def power_table(points: list[dict]) -> pd.DataFrame:
+    """One row per (problem set, alpha): every contender's accuracy and standard error, and
+    the tokens per problem they had."""
+    rows = {}
+    for p in split_points(points)[1]:
+        row = rows.setdefault((p["problems"], p["alpha"]), {"problems": p["problems"],
+                                                            "alpha": p["alpha"]})
+        row[p["method"]] = f"{p['accuracy']:.3f} +- {p['accuracy_se']:.3f}"
+        if p["method"] == "power_sampling":
+            row["tokens"] = round(p["tokens"])
+        elif p["method"] == "vote, T=1":
+            row["vote N"] = p["num_particles"]
+    return pd.DataFrame(list(rows.values()))
+
+
 def plot_scaling(points: list[dict], *, budget: str = "tokens"):
     """A grid of panels (rows: problem sets, columns: rewards), one line per method."""
     import matplotlib
@@ -35,7 +95,7 @@ def plot_scaling(points: list[dict], *, budget: str = "tokens"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    frame = pd.DataFrame(points)
+    frame = pd.DataFrame(split_points(points)[0])
     problem_sets = list(dict.fromkeys(frame["problems"]))
     rewards = [r for r in dict.fromkeys(frame["reward"]) if r != "none"] or ["none"]
     fig, axes = plt.subplots(len(problem_sets), len(rewards), squeeze=False, sharey=True,
@@ -80,7 +140,9 @@ def budget_matches(points: list[dict], *, method: str = "particle_filter",
     """For every point of ``method`` at ``N``: the accuracy of each method of ``against``
     at ``factor * N`` (same problems and reward), and whether ``method`` is at least as good
     within their standard errors combined."""
-    frame = pd.DataFrame(points)
+    frame = pd.DataFrame(split_points(points)[0])
+    if frame.empty:
+        return []
     rows = []
     for _, point in frame[frame["method"] == method].iterrows():
         row = {"problems": point["problems"], "reward": point["reward"],
@@ -105,23 +167,34 @@ def write_scaling_report(points: list[dict], out_dir: str | Path, *, title: str 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "scaling.json").write_text(json.dumps(points, indent=1) + "\n")
+    by_n, by_alpha = split_points(points)
     frame = pd.DataFrame(points)
-    sections = [
-        Section("Accuracy against tokens", figure_html(plot_scaling(points, budget="tokens"),
-                                                       "accuracy against tokens per problem")),
-        Section("Accuracy against reward calls",
-                figure_html(plot_scaling(points, budget="reward_calls"),
-                            "accuracy against reward calls per problem")),
-    ]
+    sections = []
+    if by_n:
+        sections += [
+            Section("Accuracy against tokens", figure_html(plot_scaling(points, budget="tokens"),
+                                                           "accuracy against tokens per problem")),
+            Section("Accuracy against reward calls",
+                    figure_html(plot_scaling(points, budget="reward_calls"),
+                                "accuracy against reward calls per problem")),
+        ]
+    if by_alpha:
+        sections.append(Section(
+            "Power sampling against alpha",
+            "<p>One Metropolis-Hastings chain per problem targeting p<sub>LM</sub><sup>alpha"
+            "</sup>, against majority vote over as many tokens per problem (N samples) at "
+            "temperature 1 and at 1/alpha, and one sample at 1/alpha.</p>"
+            + figure_html(plot_power(points), "accuracy against alpha")
+            + table_html(power_table(points))))
     matches = budget_matches(points)
     if matches:
         sections.append(Section(
             "Particle filter at N against the baselines at 4N",
             table_html(pd.DataFrame(matches), float_format="{:.3f}")))
-    columns = ["problems", "reward", "method", "num_particles", "accuracy", "accuracy_se",
+    columns = ["problems", "reward", "method", "num_particles", "alpha", "accuracy", "accuracy_se",
                "num_problems", "tokens", "reward_calls", "wall_time"]
     table = frame[[c for c in columns if c in frame]].sort_values(
-        ["problems", "reward", "method", "num_particles"])
+        [c for c in ("problems", "reward", "method", "alpha", "num_particles") if c in frame])
     sections.append(Section("Every point", table_html(table.reset_index(drop=True),
                                                       float_format="{:.3f}")))
     intro = (

@@ -37,6 +37,18 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"Expected comma-separated numbers, got {text!r}."
+        ) from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"Expected positive numbers, got {text!r}.")
+    return values
+
+
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -154,7 +166,14 @@ def add_commands(commands) -> None:
     scaling.add_argument("--out", type=Path, required=True, help="report directory")
     scaling.add_argument("--difficulties", type=_ints, default=[4, 6, 8])
     scaling.add_argument("--particles", type=_ints, default=[1, 2, 4, 8, 16, 32, 64])
-    scaling.add_argument("--methods", type=_names, default=list(METHODS))
+    from ppl.inference.llm.scaling import INDEPENDENT, PARTICLE_METHODS
+
+    scaling.add_argument("--methods", type=_names,
+                         default=[*INDEPENDENT, *PARTICLE_METHODS, "power_sampling"],
+                         help="comma-separated (default: the baselines, the particle methods "
+                              "and power_sampling, whose curve is against --alphas)")
+    scaling.add_argument("--alphas", type=_floats, default=[1.0, 2.0, 4.0],
+                         help="power sampling's powers (default 1,2,4)")
     scaling.add_argument("--rewards", type=_names, default=["oracle", "noisy:0.2", "learned"])
     scaling.add_argument("--num-problems", type=int, default=160,
                          help="per difficulty (160 keeps every standard error below 0.04)")
@@ -336,6 +355,8 @@ def run_scaling(args) -> int:
     unknown = [m for m in args.methods if m not in llm.METHODS]
     if unknown:
         raise ValueError(f"Expected methods among {', '.join(llm.METHODS)}, got {unknown}.")
+    if any(not a > 0 for a in args.alphas):
+        raise ValueError(f"Expected every --alphas value > 0, got {args.alphas}.")
     rewards = {"none": None} if "self_consistency" in args.methods else {}
     for spec in args.rewards:
         rewards[spec] = make_reward(spec, seed=args.seed)
@@ -352,7 +373,7 @@ def run_scaling(args) -> int:
         particle_counts=args.particles, key=jax.random.key(args.seed),
         answer_fn=tasks.parse_answer, out_dir=args.out,
         run_settings={"temperature": args.temperature, "batch_size": args.batch_size},
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        alphas=args.alphas, log=lambda line: print(line, file=sys.stderr, flush=True),
     )
     path = write_scaling_report(
         points, args.out, title="Inference-time scaling on the arithmetic testbed",

@@ -8,6 +8,11 @@ largest ``N``: their first ``k`` samples of a problem are ``k`` independent samp
 every smaller ``N`` is a subset of that run, at no further cost. The particle methods run
 once per ``N``.
 
+Power sampling has no reward and no particles to scale: its curve is against ``alpha``
+(:func:`power_curve`): one chain per problem at each ``alpha``, beside majority vote at the
+same tokens per problem (at temperature 1 and at ``1/alpha``) and one sample at ``1/alpha``.
+Its points carry ``"alpha"``.
+
 Points are appended to ``points.jsonl`` as they finish; a study started again in the same
 directory with the same configuration skips the points it has (a different configuration
 is refused, so that nothing saved is mixed or lost).
@@ -25,9 +30,17 @@ import numpy as np
 from ppl.inference.llm.api import run
 from ppl.inference.llm.selection import choose
 
-__all__ = ["INDEPENDENT", "ProblemSet", "nested_baselines", "scaling_study"]
+__all__ = ["INDEPENDENT", "PARTICLE_METHODS", "ProblemSet", "nested_baselines", "power_curve",
+           "scaling_study"]
 
 INDEPENDENT = ("best_of_n", "weighted_best_of_n", "self_consistency")
+# Reward-guided methods run once per N.
+PARTICLE_METHODS = ("particle_filter", "entropic_particle_filter", "particle_gibbs",
+                    "beam_search")
+# Their curve is against alpha (power_curve), not N.
+POWER = "power_sampling"
+# The points of the power curve besides power sampling itself.
+POWER_BASELINES = ("vote, T=1", "vote, T=1/alpha", "one sample, T=1/alpha")
 
 
 class ProblemSet:
@@ -85,6 +98,64 @@ def nested_baselines(result, problems: ProblemSet, counts: Sequence[int], *, rew
     return points
 
 
+def power_curve(model, tokenizer, problems: ProblemSet, alphas: Sequence[float], *, key,
+                answer_fn, run_settings: dict | None = None, power_settings: dict | None = None,
+                skip: Callable[[float], bool] = lambda alpha: False) -> list[dict]:
+    """Power sampling against ``alpha``, with the baselines at the same tokens per problem.
+
+    For each ``alpha``: one chain per problem (:func:`~ppl.inference.llm.power.power_sampling`),
+    then, with ``N`` = its tokens per problem over one sample's (at temperature 1), majority
+    vote over ``N`` samples at temperature 1 and at ``1 / alpha``, and one sample at
+    ``1 / alpha``. Every point has ``"alpha"`` and ``"num_particles"`` (the chains, 1, or the
+    vote's ``N``); the single sample at temperature 1 is the point with ``alpha`` 1.
+
+    Args:
+        model, tokenizer, key, answer_fn: as :func:`scaling_study`.
+        problems: the problem set.
+        alphas: the powers (each ``> 0``).
+        run_settings: settings for every run (``temperature`` is overridden here).
+        power_settings: power sampling's own (``block_tokens``, ``mcmc_steps``).
+        skip: the powers to leave out (those a resumed study has).
+    """
+    run_settings = {k: v for k, v in (run_settings or {}).items() if k != "temperature"}
+    common = dict(key=key, answer_fn=answer_fn, **run_settings)
+
+    def point(method, alpha, n, result, wall):
+        correct = [problems.is_correct(i, a) for i, a in enumerate(result.answers)]
+        return _point(method, "none", problems.label, n, correct, result.tokens,
+                      0 * result.reward_calls, wall, {"alpha": float(alpha)})
+
+    for alpha in alphas:
+        if not isinstance(alpha, int | float) or not alpha > 0:
+            raise ValueError(f"Expected every alpha > 0, got {alpha!r}.")
+    todo = [float(a) for a in alphas if not skip(float(a))]
+    if not todo:
+        return []
+    single = run("self_consistency", model, tokenizer, problems.prompts, num_particles=1,
+                 temperature=1.0, **common)
+    per_sample = max(float(single.tokens.mean()), 1.0)
+    points = []
+    for alpha in todo:
+        start = time.perf_counter()
+        power = run(POWER, model, tokenizer, problems.prompts, num_particles=1,
+                    alpha=alpha, **common, **(power_settings or {}))
+        here = point(POWER, alpha, 1, power, time.perf_counter() - start)
+        points.append(here)
+        n = max(1, int(round(here["tokens"] / per_sample)))
+        for method, temperature, count in zip(POWER_BASELINES, (1.0, 1 / alpha, 1 / alpha),
+                                              (n, n, 1), strict=True):
+            start = time.perf_counter()
+            result = run("self_consistency", model, tokenizer, problems.prompts,
+                         num_particles=count, temperature=temperature, **common)
+            points.append(point(method, alpha, count, result, time.perf_counter() - start))
+    return points
+
+
+def _point_key(point: dict) -> tuple:
+    return (point["problems"], point["reward"], point["method"], point["num_particles"],
+            point.get("alpha"))
+
+
 def _signature(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
@@ -102,6 +173,7 @@ def scaling_study(
     out_dir: str | Path | None = None,
     method_settings: dict[str, dict] | None = None,
     run_settings: dict | None = None,
+    alphas: Sequence[float] = (1.0, 2.0, 4.0),
     config: dict | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
@@ -111,7 +183,8 @@ def scaling_study(
         model, tokenizer: as :func:`~ppl.inference.llm.run`.
         problem_sets: the problem sets (difficulties, say).
         rewards: name to reward (``"none"`` for None; self-consistency runs without one).
-        methods: method names (:data:`~ppl.inference.llm.METHODS`).
+        methods: method names: :data:`INDEPENDENT`, :data:`PARTICLE_METHODS` and
+            ``"power_sampling"`` (its curve against ``alphas``, :func:`power_curve`).
         particle_counts: the ``N`` of every point.
         key: PRNG key; each point's run uses the same key, so methods see the same draws
             where they coincide.
@@ -120,16 +193,25 @@ def scaling_study(
             nothing.
         method_settings: extra settings per method.
         run_settings: extra settings for every run (temperature, batch size, ...).
+        alphas: power sampling's powers.
         config: what identifies the study (checked on resume); default: the arguments.
         log: progress lines.
     """
     method_settings = method_settings or {}
     run_settings = run_settings or {}
+    unknown = [m for m in methods if m not in (*INDEPENDENT, *PARTICLE_METHODS, POWER)]
+    if unknown:
+        raise ValueError(
+            f"Expected scaling methods among {', '.join((*INDEPENDENT, *PARTICLE_METHODS, POWER))}"
+            f", got {unknown} (twisted_smc and constrained_smc target another distribution: "
+            "see ppl lm evidence and ppl lm solve)."
+        )
     counts = sorted(set(int(n) for n in particle_counts))
     config = config or {
         "problems": {s.label: s.prompts for s in problem_sets}, "rewards": list(rewards),
         "methods": list(methods), "particle_counts": counts,
         "method_settings": method_settings, "run_settings": run_settings,
+        **({"alphas": [float(a) for a in alphas]} if POWER in methods else {}),
     }
     done: dict[tuple, dict] = {}
     points_path = None
@@ -147,15 +229,14 @@ def scaling_study(
             if points_path.exists():
                 for line in points_path.read_text().splitlines():
                     point = json.loads(line)
-                    done[(point["problems"], point["reward"], point["method"],
-                          point["num_particles"])] = point
+                    done[_point_key(point)] = point
         else:
             config_path.write_text(_signature(config))
     points = list(done.values())
 
     def record(new_points):
         for point in new_points:
-            k = (point["problems"], point["reward"], point["method"], point["num_particles"])
+            k = _point_key(point)
             if k in done:
                 continue
             done[k] = point
@@ -165,14 +246,26 @@ def scaling_study(
                     handle.write(json.dumps(point) + "\n")
 
     for problems in problem_sets:
+        if POWER in methods:
+            start = time.perf_counter()
+            new = power_curve(model, tokenizer, problems, alphas, key=key, answer_fn=answer_fn,
+                              run_settings=run_settings,
+                              power_settings=method_settings.get(POWER),
+                              skip=lambda alpha, label=problems.label: sum(
+                                  k[0] == label and k[4] == alpha for k in done
+                              ) > len(POWER_BASELINES))
+            if new:
+                record(new)
+                log(f"{problems.label}: power sampling at alpha "
+                    f"{', '.join(f'{a:g}' for a in alphas)} in {time.perf_counter() - start:.0f} s")
         for reward_name, reward in rewards.items():
             independent = [m for m in methods if m in INDEPENDENT]
             if reward_name == "none":
                 independent = [m for m in independent if m == "self_consistency"]
             else:
                 independent = [m for m in independent if m != "self_consistency"]
-            wanted = [(problems.label, reward_name if m != "self_consistency" else "none", m, n)
-                      for m in independent for n in counts]
+            wanted = [(problems.label, reward_name if m != "self_consistency" else "none", m, n,
+                       None) for m in independent for n in counts]
             if independent and not all(w in done for w in wanted):
                 start = time.perf_counter()
                 result = run("best_of_n" if reward is not None else "self_consistency", model,
@@ -187,10 +280,10 @@ def scaling_study(
             if reward is None:
                 continue
             for method in methods:
-                if method in INDEPENDENT:
+                if method not in PARTICLE_METHODS:
                     continue
                 for n in counts:
-                    if (problems.label, reward_name, method, n) in done:
+                    if (problems.label, reward_name, method, n, None) in done:
                         continue
                     start = time.perf_counter()
                     result = run(method, model, tokenizer, problems.prompts, key=key,

@@ -114,6 +114,7 @@ def scaling_report(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("scaling")
     assert cli.main(["lm", "scaling", "--out", str(out), "--difficulties", "3",
-                     "--particles", "1,2", "--methods", "particle_filter,self_consistency",
+                     "--particles", "1,2", "--methods",
+                     "particle_filter,self_consistency,power_sampling", "--alphas", "2",
                      "--rewards", "oracle", "--num-problems", "4"]) == 0
     return out / "report.html"

@@ -87,7 +87,7 @@ def test_coverage_report_in_chromium(browser, coverage_report, screenshot_dir):
 
 
 def test_scaling_report_in_chromium(browser, scaling_report, screenshot_dir):
-    _check_report(browser, scaling_report, screenshot_dir, "scaling", min_images=2)
+    _check_report(browser, scaling_report, screenshot_dir, "scaling", min_images=3)
 
 
 def test_the_check_catches_what_it_looks_for(browser, tmp_path, screenshot_dir):

@@ -69,6 +69,38 @@ def test_scaling_writes_a_report_and_resumes(tmp_path, capsys, monkeypatch):
         main([*argv[:-1], "5"])
 
 
+def test_scaling_draws_power_sampling_against_alpha(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PPL_DEBUG", "1")
+    out = tmp_path / "power"
+    argv = ["lm", "scaling", "--out", str(out), "--difficulties", "3", "--methods",
+            "power_sampling", "--alphas", "1,2", "--num-problems", "3", "--rewards", "oracle"]
+    assert main(argv) == 0
+    points = json.loads((out / "scaling.json").read_text())
+    # Per alpha: the chain and the three baselines at its token budget.
+    assert sorted((p["alpha"], p["method"]) for p in points) == sorted(
+        (a, m) for a in (1.0, 2.0) for m in ("power_sampling", "vote, T=1", "vote, T=1/alpha",
+                                              "one sample, T=1/alpha"))
+    for alpha in (1.0, 2.0):
+        here = {p["method"]: p for p in points if p["alpha"] == alpha}
+        assert here["power_sampling"]["num_particles"] == 1
+        assert here["one sample, T=1/alpha"]["num_particles"] == 1
+        # The votes get about the chain's tokens (N samples of one sample's length).
+        n = here["vote, T=1"]["num_particles"]
+        assert n >= 1 and here["vote, T=1/alpha"]["num_particles"] == n
+        assert 0.3 < here["vote, T=1"]["tokens"] / here["power_sampling"]["tokens"] < 3
+    html = (out / "report.html").read_text()
+    assert "Power sampling against alpha" in html and html.count("data:image/png;base64") == 1
+    capsys.readouterr()
+    assert main(argv) == 0  # resumed: nothing runs again
+    assert "power sampling at alpha" not in capsys.readouterr().err
+    assert len((out / "points.jsonl").read_text().splitlines()) == 8
+    with pytest.raises(ValueError, match="twisted_smc and constrained_smc target another"):
+        main(["lm", "scaling", "--out", str(tmp_path / "x"), "--methods", "twisted_smc",
+              "--difficulties", "3", "--num-problems", "2"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lm", "scaling", "--out", "x", "--alphas", "0,2"])
+
+
 def test_evidence_writes_bounds_per_problem(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PPL_DEBUG", "1")  # main re-raises user errors: match their messages
     out = tmp_path / "bounds.jsonl"
