@@ -70,6 +70,11 @@ class AbstractRewardModel(eqx.Module):
     """
 
     reads_end_tokens = False
+    # How far the weights may trust a score of 0 or 1: potentials clip scores to
+    # [score_clip, 1 - score_clip]. None leaves it to the caller (``ppl.inference.llm.run``:
+    # 1e-7); a verifier that errs at a known rate declares that rate, so that one false reject
+    # cannot end the only correct lineage (NoisyOracleReward does).
+    score_clip = None
 
     def prepare(self, prompts: Sequence[str]) -> Any:
         """Host-side, once per batch of problems: what the PRM needs to know about each
@@ -215,6 +220,9 @@ class HostReward:
             prompt and the text generated after it so far, one pair per particle that moved
             this step) to a sequence of floats in ``[0, 1]``, one per pair.
         name: shown in results and errors.
+        score_clip: how far a score of 0 or 1 is to be trusted (as
+            :attr:`AbstractRewardModel.score_clip`): a checker known to err at rate ``e``
+            passes ``e``; None leaves it to the caller.
 
     Example:
         >>> reward = HostReward(lambda prompts, traces: [float("7" in t) for t in traces])
@@ -223,10 +231,13 @@ class HostReward:
     """
 
     def __init__(self, score_fn: Callable[[list[str], list[str]], Sequence[float]], *,
-                 name: str | None = None):
+                 name: str | None = None, score_clip: float | None = None):
         if not callable(score_fn):
             raise TypeError(f"Expected score_fn to be callable, got {type(score_fn).__name__}.")
+        if score_clip is not None and not 0 <= score_clip < 0.5:
+            raise ValueError(f"Expected score_clip in [0, 0.5) or None, got {score_clip!r}.")
         self.score_fn = score_fn
+        self.score_clip = score_clip
         self.name = name or getattr(score_fn, "__name__", type(score_fn).__name__)
 
     def __call__(self, prompts: Sequence[str], traces: Sequence[str]) -> np.ndarray:

@@ -185,7 +185,7 @@ def run(
     answer_fn: Callable[[str], Any] | None = None,
     stop: str | Sequence[str] = "\n",
     aggregation: str = "last",
-    score_clip: float = 1e-7,
+    score_clip: float | None = None,
     max_step_tokens: int = 64,
     max_steps: int = 64,
     max_new_tokens: int = 192,
@@ -212,8 +212,9 @@ def run(
         answer_fn: a trace's answer (default: its last non-empty line).
         stop: what ends a step (default a newline).
         aggregation: how step scores combine: ``"last"``, ``"min"`` or ``"product"``.
-        score_clip: scores are clipped to ``[clip, 1 - clip]`` in potentials (1e-7, as the
-            anchors; 0 keeps exact zeros).
+        score_clip: scores are clipped to ``[clip, 1 - clip]`` in potentials; 0 keeps exact
+            zeros. Default: the reward's own ``score_clip`` when it declares one (a verifier
+            with a known error rate: its rate), else 1e-7, as the anchors.
         max_step_tokens: a step this long without a stop ran away; its particle is ended.
         max_steps: steps after which a particle is ended.
         max_new_tokens: room in the buffer after the longest prompt.
@@ -249,6 +250,9 @@ def run(
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"Expected aggregation one of {', '.join(AGGREGATIONS)}, got "
                          f"{aggregation!r}.")
+    if score_clip is None:
+        score_clip = getattr(reward, "score_clip", None)
+        score_clip = 1e-7 if score_clip is None else float(score_clip)
     if not 0 <= score_clip < 0.5:
         raise ValueError(f"Expected score_clip in [0, 0.5), got {score_clip!r}.")
     if not temperature >= 0:

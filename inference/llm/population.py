@@ -88,7 +88,8 @@ class Settings(NamedTuple):
         target: ``"proposal"`` or ``"base"`` (``increment`` only).
         aggregation: how step scores combine: ``"last"``, ``"min"`` or ``"product"``.
         score_clip: scores are clipped to ``[clip, 1 - clip]`` before logs and logits (the
-            anchors use 1e-7); 0 keeps exact zeros (weights of exactly zero).
+            anchors use 1e-7; a verifier's error rate, see :mod:`~ppl.inference.llm.filters`);
+            0 keeps exact zeros (weights of exactly zero).
         reward_reads_end: show the reward a step's end token too (a final check).
         unfinished_score: when >= 0, the score of a trace that is ended without an end
             token (ran away, hit the step or length limit): a verdict on whole traces gives

@@ -59,3 +59,35 @@ def test_a_noisier_oracle_makes_the_filter_worse(testbed):
         accuracy[name] = np.mean([a == p.answer for a, p in zip(result.answers, problems,
                                                                 strict=True)])
     assert accuracy["exact"] >= 0.9 and accuracy["noisy"] < accuracy["exact"] - 0.15, accuracy
+
+
+def test_a_verifier_with_a_known_error_rate_clips_the_scores_at_it(testbed, host_oracle):
+    """A false reject must not end a lineage: the noisy oracle declares its rate as the clip,
+    so every final weight of a problem stays within (c / (1 - c))**2 of the heaviest (the
+    increment since the last resampling telescopes to a ratio of two clipped scores)."""
+    model, tokenizer = testbed
+    problems = _problems(14, 6, 4)
+    prompts = [p.prompt for p in problems]
+    noisy = prm.NoisyOracleReward(false_accept_rate=0.1, false_reject_rate=0.2, seed=3)
+    assert noisy.score_clip == 0.2
+    common = dict(key=jax.random.key(5), num_particles=8, answer_fn=tasks.parse_answer)
+    clipped = llm.run("particle_filter", model, tokenizer, prompts, reward=noisy, **common)
+    assert clipped.settings["score_clip"] == 0.2
+    ratio = clipped.weights.min(1) / clipped.weights.max(1)
+    assert np.all(ratio >= (0.2 / 0.8) ** 2 - 1e-6), ratio
+    # Told otherwise, the filter keeps exact zeros; without a declared rate, the anchors' 1e-7.
+    exact = llm.run("particle_filter", model, tokenizer, prompts, reward=noisy,
+                    score_clip=0.0, allow_collapse=True, **common)
+    assert exact.settings["score_clip"] == 0.0 and np.any(exact.weights == 0)
+    oracle = llm.run("particle_filter", model, tokenizer, prompts, reward=prm.OracleReward(),
+                     **common)
+    assert oracle.settings["score_clip"] == 1e-7
+    host = llm.run("particle_filter", model, tokenizer, prompts,
+                   reward=_with_clip(host_oracle(problems), 0.05), **common)
+    assert host.settings["score_clip"] == 0.05
+
+
+def _with_clip(reward, clip):
+    from ppl.reward_model import HostReward
+
+    return HostReward(reward.score_fn, name=reward.name, score_clip=clip)
