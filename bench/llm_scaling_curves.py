@@ -25,7 +25,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv=None) -> int:
     from ppl.diagnostics.html import figure_png
-    from ppl.diagnostics.scaling_report import budget_matches, plot_scaling
+    from ppl.diagnostics.scaling_report import budget_matches, plot_scaling, split_points
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="a ppl lm scaling --out folder")
@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     RESULTS.mkdir(exist_ok=True)
     png = RESULTS / f"llm_scaling_{args.label}.png"
     png.write_bytes(figure_png(plot_scaling(points, budget="tokens")))
-    frame = pd.DataFrame(points)
+    frame = pd.DataFrame(split_points(points)[0])  # power sampling's curve is llm_power.py's
     table = frame.pivot_table(index=["problems", "reward", "method"], columns="num_particles",
                               values="accuracy", aggfunc="first")
     se = frame.pivot_table(index=["problems", "reward", "method"], columns="num_particles",
