@@ -153,8 +153,10 @@ class CompileMonitor:
     Use one per process; ``snapshot()`` then ``since(snapshot)`` gives the events of a
     section. Event names of interest:
     ``/jax/core/compile/backend_compile_duration`` (XLA compile, or cache retrieval),
-    ``/jax/core/compile/jaxpr_trace_duration``, ``/jax/core/compile/jaxpr_to_mlir_module_duration``,
-    ``/jax/compilation_cache/cache_retrieval_time_sec``, ``/jax/compilation_cache/compile_time_saved_sec``.
+    ``/jax/core/compile/jaxpr_trace_duration``,
+    ``/jax/core/compile/jaxpr_to_mlir_module_duration``,
+    ``/jax/compilation_cache/cache_retrieval_time_sec``,
+    ``/jax/compilation_cache/compile_time_saved_sec``.
     Counts of ``/jax/compilation_cache/cache_hits`` and ``cache_misses`` are kept too.
     """
 

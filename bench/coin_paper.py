@@ -106,7 +106,6 @@ def run_target(logdensity_fn, exact, step_sizes, *, num_particles, num_iteration
     svgd_ed = np.asarray(jax.vmap(lambda xs: ed(xs, exact))(svgd_x))  # (step, seed)
     coin_x = jax.vmap(run_coin)(x0)
     coin_ed = np.asarray(ed(coin_x, exact))
-    rng = np.random.default_rng(0)
     return svgd_ed, coin_ed, np.asarray(coin_x[0]), np.asarray(svgd_x[:, 0])
 
 
@@ -133,7 +132,8 @@ def logistic_regression_target(rng, dim=10, n=800):
 
     def logdensity(beta):
         logits = jnp.asarray(xtr) @ beta
-        return jnp.sum(jnp.asarray(ytr) * logits - jnp.logaddexp(0.0, logits)) - 0.5 * jnp.sum(beta**2)
+        return (jnp.sum(jnp.asarray(ytr) * logits - jnp.logaddexp(0.0, logits))
+                - 0.5 * jnp.sum(beta**2))
 
     def accuracy(particles):
         p = jnp.mean(jax.nn.sigmoid(jnp.asarray(xte) @ particles.T), -1)
@@ -158,7 +158,7 @@ def main(argv=None):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
-    for ax, (name, (logdensity_fn, sampler)) in zip(axes.flat, TARGETS.items()):
+    for ax, (name, (logdensity_fn, sampler)) in zip(axes.flat, TARGETS.items(), strict=False):
         t0 = time.perf_counter()
         exact = (_donut_draws if sampler is None else sampler)(rng, 2000)
         svgd_ed, coin_ed, _, _ = run_target(

@@ -28,7 +28,8 @@ and ``nuts.md``.
 Usage::
 
     python bench/nuts.py                 # full run, 3 repeats (15-25 min on 2 idle cores)
-    python bench/nuts.py --quick         # smoke check: ~1.5 min on an idle 2-core machine (3.4 min at load 12)
+    python bench/nuts.py --quick         # smoke check: ~1.5 min on an idle 2-core machine
+                                         # (3.4 min at load 12)
     python bench/nuts.py --models logistic_regression --repeats 1 --tag gpu
 """
 
@@ -108,9 +109,11 @@ def _ppl_runner(model_fn, data, cfg):
     import jax
     import numpy as np
 
+    # The engine's imports (blackjax), untimed as NumPyro's are: `import numpyro` (in
+    # make_data) already loads numpyro.infer.
+    import ppl.inference.mcmc  # noqa: F401
+
     import ppl
-    import ppl.inference.mcmc  # noqa: F401  the engine's imports (blackjax), untimed as
-    # NumPyro's are: `import numpyro` (in make_data) already loads numpyro.infer.
 
     def call(seed):
         model = ppl.from_numpyro(model_fn, **data)
@@ -337,8 +340,10 @@ def summarise(records: list[dict], models, libs) -> dict:
     for model in models:
         rows = {}
         for lib in libs:
-            cold = [r for r in records if r["model"] == model and r["lib"] == lib and r["phase"] == "cold"]
-            warm = [r for r in records if r["model"] == model and r["lib"] == lib and r["phase"] == "warm"]
+            cold = [r for r in records
+                    if r["model"] == model and r["lib"] == lib and r["phase"] == "cold"]
+            warm = [r for r in records
+                    if r["model"] == model and r["lib"] == lib and r["phase"] == "warm"]
             med = _common.median_of
             rows[lib] = {
                 "ess_per_s_cold": med(r["first"]["ess_per_second"] for r in cold),
@@ -364,7 +369,8 @@ def summarise(records: list[dict], models, libs) -> dict:
         for mine in [lib for lib in libs if lib.startswith("ppl")]:
             for other in [lib for lib in libs if not lib.startswith("ppl")]:
                 ratios[f"{mine}/{other}"] = {
-                    regime: _ratio(rows[mine][f"ess_per_s_{regime}"], rows[other][f"ess_per_s_{regime}"])
+                    regime: _ratio(rows[mine][f"ess_per_s_{regime}"],
+                                   rows[other][f"ess_per_s_{regime}"])
                     for regime in ("cold", "warm", "sampling")
                 }
         out[model] = {"libraries": rows, "ratios": ratios}
@@ -380,27 +386,33 @@ def to_markdown(summary: dict, meta: dict) -> str:
     lines = [
         f"# NUTS benchmark ({meta['tag']})",
         "",
-        f"Machine: {m['nproc']} CPU cores ({m['cpu_model']}), {m['platform']}, Python {m['python']}; "
-        f"JAX backend {meta.get('jax_backend')} ({meta.get('device')}), jax {meta.get('jax_version')}.",
-        f"Run: {meta['num_chains']} chains x ({meta['num_warmup']} warm-up + {meta['num_samples']} draws), "
-        f"{meta['repeats']} repetitions alternating ppl/NumPyro/BlackJAX in fresh processes; medians. "
-        f"Persistent compilation cache on for all three (fresh directory per cold process, reused by "
-        f"the warm one; min compile time to write = {meta['min_compile_time_secs']} s for all).",
-        f"Started {meta['started']}, took {meta['duration_s']:.0f} s; load average at start {m.get('loadavg_at_start')}.",
+        f"Machine: {m['nproc']} CPU cores ({m['cpu_model']}), {m['platform']}, "
+        f"Python {m['python']}; JAX backend {meta.get('jax_backend')} ({meta.get('device')}), "
+        f"jax {meta.get('jax_version')}.",
+        f"Run: {meta['num_chains']} chains x ({meta['num_warmup']} warm-up + "
+        f"{meta['num_samples']} draws), {meta['repeats']} repetitions alternating "
+        "ppl/NumPyro/BlackJAX in fresh processes; medians. Persistent compilation cache on for "
+        "all three (fresh directory per cold process, reused by the warm one; min compile time "
+        f"to write = {meta['min_compile_time_secs']} s for all).",
+        f"Started {meta['started']}, took {meta['duration_s']:.0f} s; "
+        f"load average at start {m.get('loadavg_at_start')}.",
         "",
     ]
     for model, block in summary.items():
         lines += [
             f"## {model}", "",
-            "| library | ESS/s cold (incl. compile) | ESS/s warm cache | ESS/s sampling only | wall cold s | wall warm s | wall sampling s | min bulk ESS | grads/ESS | grads (sampling, total) | divergences | XLA compile cold s |",
+            "| library | ESS/s cold (incl. compile) | ESS/s warm cache | ESS/s sampling only "
+            "| wall cold s | wall warm s | wall sampling s | min bulk ESS | grads/ESS "
+            "| grads (sampling, total) | divergences | XLA compile cold s |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for lib, r in block["libraries"].items():
             total = "-" if r["grads_total"] is None else f"{r['grads_total']:.0f}"
             lines.append(
                 f"| {lib} | {_fmt(r['ess_per_s_cold'])} | {_fmt(r['ess_per_s_warm'])} | "
-                f"{_fmt(r['ess_per_s_sampling'])} | {_fmt(r['wall_cold'], 2)} | {_fmt(r['wall_warm'], 2)} | "
-                f"{_fmt(r['wall_sampling'], 2)} | {_fmt(r['min_bulk_ess'], 0)} | {_fmt(r['grads_per_ess'], 1)} | "
+                f"{_fmt(r['ess_per_s_sampling'])} | {_fmt(r['wall_cold'], 2)} | "
+                f"{_fmt(r['wall_warm'], 2)} | {_fmt(r['wall_sampling'], 2)} | "
+                f"{_fmt(r['min_bulk_ess'], 0)} | {_fmt(r['grads_per_ess'], 1)} | "
                 f"{_fmt(r['grads_sampling'], 0)}, {total} | {_fmt(r['divergences'], 0)} | "
                 f"{_fmt(r['backend_compile_cold'], 2)} |"
             )
@@ -409,11 +421,13 @@ def to_markdown(summary: dict, meta: dict) -> str:
             lines.append(
                 f"NumPyro's plain repeat `run` on the same MCMC object took "
                 f"{block['libraries']['numpyro']['wall_repeat_run']:.2f} s (it recompiles); its "
-                "sampling-only figure is the second call of `MCMC.run` inside the user's own `jax.jit`."
+                "sampling-only figure is the second call of `MCMC.run` inside the user's own "
+                "`jax.jit`."
             )
         lines += ["", "| ratio | cold cache | warm cache | sampling only |", "|---|---|---|---|"]
         for name, r in block["ratios"].items():
-            lines.append(f"| {name} | {_fmt(r['cold'], 2)} | {_fmt(r['warm'], 2)} | {_fmt(r['sampling'], 2)} |")
+            lines.append(f"| {name} | {_fmt(r['cold'], 2)} | {_fmt(r['warm'], 2)} | "
+                         f"{_fmt(r['sampling'], 2)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -450,7 +464,8 @@ def driver(args) -> None:
                 rec["repeat"] = rep
                 records.append(rec)
                 partial.write_text(json.dumps({"records": records}, default=str))
-                print(f"[{time.perf_counter() - t0:6.0f}s] {model:20s} {lib:9s} {phase:5s} rep {rep}: "
+                print(f"[{time.perf_counter() - t0:6.0f}s] {model:20s} {lib:9s} {phase:5s} "
+                      f"rep {rep}: "
                       f"first {rec['first']['wall']:.2f}s ESS {rec['first']['min_bulk_ess']:.0f}"
                       + (f", second {rec['second']['wall']:.2f}s" if "second" in rec else ""),
                       flush=True)
@@ -459,7 +474,8 @@ def driver(args) -> None:
         "tag": args.tag, "started": started, "duration_s": time.perf_counter() - t0,
         "machine": _common.machine_info(), "num_chains": args.num_chains,
         "num_warmup": args.num_warmup, "num_samples": args.num_samples,
-        "repeats": max((r["repeat"] for r in records), default=-1) + 1, "quick": args.quick, "min_compile_time_secs": args.min_compile_time,
+        "repeats": max((r["repeat"] for r in records), default=-1) + 1, "quick": args.quick,
+        "min_compile_time_secs": args.min_compile_time,
         "jax_backend": records[0]["jax_backend"], "device": records[0]["device"],
         "jax_version": records[0]["jax_version"],
     }
@@ -491,9 +507,11 @@ def main(argv=None) -> None:
     p.add_argument("--num-warmup", type=int, default=1000)
     p.add_argument("--num-samples", type=int, default=1000)
     p.add_argument("--min-compile-time", type=float, default=0.5,
-                   help="jax_persistent_cache_min_compile_time_secs for all libraries (ppl's default)")
+                   help="jax_persistent_cache_min_compile_time_secs for all libraries "
+                   "(ppl's default)")
     p.add_argument("--tag", default="cpu")
-    p.add_argument("--from-records", help="summarise the records of an interrupted run (its .partial.json)")
+    p.add_argument("--from-records",
+                   help="summarise the records of an interrupted run (its .partial.json)")
     p.add_argument("--out-dir", default=str(RESULTS_DIR))
     args = p.parse_args(argv)
     if args.worker:

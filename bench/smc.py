@@ -26,7 +26,8 @@ from scipy import special, stats
 
 import ppl
 
-RESULTS = pathlib.Path(os.environ.get("SMC_BENCH_RESULTS", pathlib.Path(__file__).parent / "results"))
+RESULTS = pathlib.Path(
+    os.environ.get("SMC_BENCH_RESULTS", pathlib.Path(__file__).parent / "results"))
 MU, RHO, SIGMA = -1.02, 0.9702, 0.178
 
 
@@ -315,7 +316,8 @@ def _blackjax_runner(x, y):
 
 
 def bench_mixture(num_seeds):
-    locs, scales, weights, prior_sd = np.array([-2.0, 2.5]), np.array([0.3, 0.4]), np.array([0.7, 0.3]), 3.0
+    locs, scales, weights, prior_sd = (
+        np.array([-2.0, 2.5]), np.array([0.3, 0.4]), np.array([0.7, 0.3]), 3.0)
 
     def log_lik(z):
         return special_lse(jnp.log(weights) + jax.scipy.stats.norm.logpdf(z["z"], locs, scales))
@@ -331,7 +333,8 @@ def bench_mixture(num_seeds):
     right = np.exp(log_joint - log_z)[1]
     est_z, est_w = [], []
     for seed in range(num_seeds):
-        post = ppl.infer(model, "smc", key=seed, num_particles=1000, kernel="rw", progress_bar=False)
+        post = ppl.infer(model, "smc", key=seed, num_particles=1000, kernel="rw",
+                         progress_bar=False)
         est_z.append(post.log_evidence)
         est_w.append(float(np.sum(post.weights * (post.samples["z"] > 0))))
     est_z, est_w = np.array(est_z), np.array(est_w)

@@ -46,8 +46,8 @@ def time_ppl(draws, theta, repeats=3):
 def main(quick: bool = False):
     out = {"machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count(),
                        "jax": jax.__version__, "backend": jax.default_backend()}}
-    s, l, d = (200, 1000, 10) if quick else (1000, 1000, 10)
-    theta, draws = gaussian_case(s, l, d)
+    num_sims, num_draws, dim = (200, 1000, 10) if quick else (1000, 1000, 10)
+    theta, draws = gaussian_case(num_sims, num_draws, dim)
     res, first, warm = time_ppl(draws, theta)
     # This script is itself called tarp.py: import the package, not this file.
     here = str(Path(__file__).resolve().parent)
@@ -63,7 +63,7 @@ def main(quick: bool = False):
     )
     pkg = time.perf_counter() - t
     out["case_a"] = {
-        "shape": [s, l, d], "num_bootstrap": 100, "tarp_package_s": pkg,
+        "shape": [num_sims, num_draws, dim], "num_bootstrap": 100, "tarp_package_s": pkg,
         "ppl_first_call_s": first, "ppl_warm_s": warm, "speedup_warm": pkg / warm,
         "speedup_first_call": pkg / first, "ppl_p_value": res.p_value, "ppl_atc": res.atc,
     }

@@ -316,7 +316,8 @@ NOTES = """
   used directly looked better (ELBO -0.20, k-hat 0.50, against -0.26, 0.61); over seeds
   0-2 (table) ppl is ahead (-0.12 ± 0.10 against -0.41 ± 0.13).
 - Verdict (2026-11-23 table): ppl has the best mean ELBO on all three models and the lowest
-  median k-hat or within 0.01 of it. Cold, it is level with flowjax used directly (0.94-1.06x its time)
+  median k-hat or within 0.01 of it. Cold, it is level with flowjax used directly \
+(0.94-1.06x its time)
   and 1.1x (2-D funnel), 1.2x (eight schools) and 1.6x (10-D funnel, where the Laplace
   search fails and two whitenings are piloted) NumPyro AutoIAFNormal's time; warm, it is
   10-17x faster than every anchor. The issue's "no more wall time" holds against flowjax

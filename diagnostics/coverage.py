@@ -139,8 +139,9 @@ class CoverageRun:
             "sbc": {
                 "verdict": verdict(v["sbc"]),
                 "quantities": list(self.sbc.names),
-                "p_values": dict(zip(self.sbc.names, self.sbc.p_values.tolist())),
-                "chi2_p_values": dict(zip(self.sbc.names, self.sbc.chi2_p_values.tolist())),
+                "p_values": dict(zip(self.sbc.names, self.sbc.p_values.tolist(), strict=True)),
+                "chi2_p_values": dict(
+                    zip(self.sbc.names, self.sbc.chi2_p_values.tolist(), strict=True)),
                 "num_draws": self.sbc.num_draws,
             },
             "coverage": {

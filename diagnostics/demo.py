@@ -61,7 +61,8 @@ def _exact_table(entry, post) -> str:
             })
     import pandas as pd
 
-    return "<h3>Against the closed form</h3>" + table_html(pd.DataFrame(rows).set_index("parameter"))
+    return "<h3>Against the closed form</h3>" + table_html(
+        pd.DataFrame(rows).set_index("parameter"))
 
 
 def _fit_one(name: str, plot_sites, key, quick: bool, out: Path):

@@ -60,11 +60,13 @@ def text_html(text: str) -> str:
 
 
 _STYLE = """
-body{font-family:system-ui,-apple-system,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+body{font-family:system-ui,-apple-system,sans-serif;margin:2em auto;max-width:1100px;\
+color:#222;padding:0 1em}
 h1{border-bottom:2px solid #446;padding-bottom:.2em} h2{color:#335;margin-top:1.6em}
 table.table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 table.table td,table.table th{padding:.2em .6em;border-bottom:1px solid #ddd;text-align:right}
-img{max-width:100%;margin:.4em 0} .pass{color:#070;font-weight:bold} .fail{color:#b00;font-weight:bold}
+img{max-width:100%;margin:.4em 0} .pass{color:#070;font-weight:bold} \
+.fail{color:#b00;font-weight:bold}
 .warn{background:#fff4e0;border-left:4px solid #e90;padding:.4em .8em;margin:.4em 0}
 nav a{margin-right:1em}
 """

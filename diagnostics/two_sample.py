@@ -111,7 +111,8 @@ def c2st(
     reference = _as_matrix("reference", reference)
     if x.shape[1] != reference.shape[1]:
         raise ValueError(
-            f"Expected x and reference with the same dim, got {x.shape[1]} and {reference.shape[1]}."
+            f"Expected x and reference with the same dim, got {x.shape[1]} and "
+            f"{reference.shape[1]}."
         )
     if classifier not in ("mlp", "knn"):
         raise ValueError(f"Expected classifier 'mlp' or 'knn', got {classifier!r}.")
@@ -179,7 +180,8 @@ def mmd(
     reference = _as_matrix("reference", reference)
     if x.shape[1] != reference.shape[1]:
         raise ValueError(
-            f"Expected x and reference with the same dim, got {x.shape[1]} and {reference.shape[1]}."
+            f"Expected x and reference with the same dim, got {x.shape[1]} and "
+            f"{reference.shape[1]}."
         )
     sub_key, perm_key = jax.random.split(key)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(sub_key))[-1])

@@ -312,7 +312,8 @@ def _abstract_trace(model_fn: Callable, args: tuple, kwargs: dict) -> dict:
             # Inside the trace: supports may depend on other (abstract) values.
             shape = tuple(jnp.shape(site["value"]))
             if not site["fn"].support.is_discrete:
-                site["unconstrained_shape"] = tuple(biject_to(site["fn"].support).inverse_shape(shape))
+                site["unconstrained_shape"] = tuple(
+                    biject_to(site["fn"].support).inverse_shape(shape))
         for site in trace.values():
             if isinstance(site.get("value"), jax.core.Tracer):
                 site["value"] = jax.ShapeDtypeStruct(site["value"].shape, site["value"].dtype)

@@ -146,7 +146,8 @@ class Posterior:
         engine = self.meta.get("engine", "?")
         sites = ", ".join(f"{k}{tuple(v.shape[2:])}" for k, v in self.samples.items())
         extra = f", log_evidence={self.log_evidence:.4g}" if self.log_evidence is not None else ""
-        return f"Posterior(engine={engine}, chains={self.num_chains}, draws={self.num_draws}, sites=[{sites}]{extra})"
+        return (f"Posterior(engine={engine}, chains={self.num_chains}, draws={self.num_draws}, "
+                f"sites=[{sites}]{extra})")
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path, *, overwrite: bool = False) -> None:

@@ -4,4 +4,6 @@ from ppl.inference.mcmc.adaptation import WindowAdaptationState, window_adaptati
 from ppl.inference.mcmc.kernels import hmc, nuts
 from ppl.inference.mcmc.sampler import find_initial_positions, sample
 
-__all__ = ["WindowAdaptationState", "find_initial_positions", "hmc", "nuts", "sample", "window_adaptation"]
+__all__ = [
+    "WindowAdaptationState", "find_initial_positions", "hmc", "nuts", "sample", "window_adaptation",
+]

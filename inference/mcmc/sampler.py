@@ -183,9 +183,10 @@ def _run_chunk(model, chains, key, xs, settings: _Settings):
     """Advance all chains over one chunk of steps (warm-up and sampling alike).
 
     ``xs = (step, is_slow, is_window_end, active)`` per step; inactive steps (padding of the
-    last chunk) leave the chains unchanged and their outputs are dropped by the caller. The whole run is one chunk without a progress
-    bar; with one, ~100 chunks driven from Python. The compiled program has no host
-    callback, so JAX's persistent cache can store it either way.
+    last chunk) leave the chains unchanged and their outputs are dropped by the caller. The
+    whole run is one chunk without a progress bar; with one, ~100 chunks driven from Python.
+    The compiled program has no host callback, so JAX's persistent cache can store it either
+    way.
     """
     _, chain_step = _chain_functions(model, settings)
 
@@ -222,7 +223,8 @@ def _run(model, key, positions, schedule, settings: _Settings, progress: bool):
     active = steps < total
     chains = _init_chains(model, positions, settings)
     positions_out, stats_out = [], []
-    with ProgressBar(total if progress else 0, desc=f"{settings.algorithm.upper()} (compiling)") as bar:
+    with ProgressBar(total if progress else 0,
+                     desc=f"{settings.algorithm.upper()} (compiling)") as bar:
         for c in range(num_chunks):
             part = slice(c * chunk, (c + 1) * chunk)
             xs = tuple(jnp.asarray(a[part]) for a in (steps, is_slow, is_end, active))
@@ -275,7 +277,9 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
-def _warn_on_problems(post_samples: dict, stats: dict, meta: dict, z_draws: np.ndarray) -> list[str]:
+def _warn_on_problems(
+    post_samples: dict, stats: dict, meta: dict, z_draws: np.ndarray
+) -> list[str]:
     """Warn about divergences and R-hat > 1.01, naming the parameters involved."""
     from ppl import arviz_bridge
 

@@ -63,7 +63,8 @@ def demo_section(out_dir: pathlib.Path, *, quick: bool) -> list:
     pf = Section("SMC: bootstrap particle filter vs Kalman",
                  figure_html(fig, "filter") + table_html(table, "{:.3f}"))
 
-    locs, scales, weights, prior_sd = np.array([-2.0, 2.5]), np.array([0.3, 0.4]), np.array([0.7, 0.3]), 3.0
+    locs, scales, weights, prior_sd = (
+        np.array([-2.0, 2.5]), np.array([0.3, 0.4]), np.array([0.7, 0.3]), 3.0)
     model = ppl.from_logdensity(
         lambda z: jax.scipy.special.logsumexp(
             jnp.log(weights) + jax.scipy.stats.norm.logpdf(z["z"], locs, scales)),
@@ -77,8 +78,9 @@ def demo_section(out_dir: pathlib.Path, *, quick: bool) -> list:
     log_z = special.logsumexp(log_joint)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3))
     grid = np.linspace(-4, 4, 400)
-    dens = np.exp(special.logsumexp(np.log(weights) + stats.norm.logpdf(grid[:, None], locs, scales),
-                                    axis=1) + stats.norm.logpdf(grid, 0, prior_sd) - log_z)
+    dens = np.exp(
+        special.logsumexp(np.log(weights) + stats.norm.logpdf(grid[:, None], locs, scales), axis=1)
+        + stats.norm.logpdf(grid, 0, prior_sd) - log_z)
     ax1.hist(post.samples["z"].ravel(), bins=80, density=True, alpha=0.5, label="SMC particles")
     ax1.plot(grid, dens, "k", label="exact posterior")
     ax1.legend(fontsize=8)

@@ -34,20 +34,21 @@ def demo_section(out_dir: pathlib.Path, *, quick: bool):
     exact = np.stack([a, a**2 - 1 + 0.5 * rng.normal(size=4000)], 1)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     for ax, (title, x) in zip(axes[:2], [("flow VI (MAF)", flow_post.flat("x")),
-                                         ("coin SVGD", coin_post.flat("x"))]):
+                                         ("coin SVGD", coin_post.flat("x"))], strict=True):
         ax.scatter(exact[:, 0], exact[:, 1], s=2, c="lightgray", label="exact")
         ax.scatter(x[:, 0], x[:, 1], s=4 if len(x) > 500 else 12, c="C3", label=title)
         ax.set_title(title)
         ax.legend(loc="upper center")
     axes[2].plot(flow_post.history["elbo"], lw=0.5)
-    axes[2].set_title("ELBO trace (log Z = %.3f)" % np.log(2 * np.pi * 0.5))
+    axes[2].set_title(f"ELBO trace (log Z = {np.log(2 * np.pi * 0.5):.3f})")
     axes[2].set_ylim(np.log(2 * np.pi * 0.5) - 3, np.log(2 * np.pi * 0.5) + 0.5)
     rows = []
     for name, post in [("flow_vi", flow_post), ("coin_svgd", coin_post)]:
         x = post.flat("x")
         rows.append({"engine": name, "mean x1": x[:, 0].mean(), "mean x2": x[:, 1].mean(),
                      "sd x1": x[:, 0].std(), "sd x2": x[:, 1].std(),
-                     "k-hat": post.meta.get("khat", np.nan), "wall time (s)": post.meta["wall_time"]})
+                     "k-hat": post.meta.get("khat", np.nan),
+                     "wall time (s)": post.meta["wall_time"]})
     rows.append({"engine": "exact", "mean x1": 0.0, "mean x2": 0.0, "sd x1": 1.0,
                  "sd x2": float(np.sqrt(2 + 0.25)), "k-hat": np.nan, "wall time (s)": np.nan})
     body = figure_html(fig, "flow VI and coin SVGD on a banana") + table_html(pd.DataFrame(rows))

@@ -65,7 +65,8 @@ def importance_diagnostics(log_weights) -> ImportanceDiagnostics:
     lw = np.where(finite, lw, -np.inf)
     log_evidence = float(logsumexp(lw) - np.log(lw.size))
     elbo = float(np.mean(lw[finite])) if finite.all() else -np.inf
-    shifted = np.where(finite, lw - np.max(lw[finite]), np.min(lw[finite]) - np.max(lw[finite]) - 50.0)
+    shifted = np.where(finite, lw - np.max(lw[finite]),
+                       np.min(lw[finite]) - np.max(lw[finite]) - 50.0)
     if np.ptp(shifted) < 1e-6:  # q equals the target up to a constant: nothing to smooth
         smoothed, khat = np.full(lw.shape, -np.log(lw.size)), -np.inf
     else:

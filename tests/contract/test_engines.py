@@ -109,7 +109,8 @@ def test_new_data_does_not_retrace(engine):
     model = ppl.from_numpyro(model_fn, X, Y)
     ppl.infer(model, engine, key=jax.random.key(0), **ENGINES[engine])
     first = len(traces)
-    ppl.infer(ppl.from_numpyro(model_fn, X + 1, Y), engine, key=jax.random.key(1), **ENGINES[engine])
+    ppl.infer(ppl.from_numpyro(model_fn, X + 1, Y), engine, key=jax.random.key(1),
+              **ENGINES[engine])
     ppl.infer(model, engine, key=jax.random.key(2), **ENGINES[engine])
     # Building a model traces it once (to find its sites); the engine must not trace again.
     assert len(traces) - first <= 1

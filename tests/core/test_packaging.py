@@ -34,7 +34,8 @@ def test_wheel_maps_the_folders_into_the_ppl_package(tmp_path):
     assert not [n for n in names if n.split("/")[0] in {"inference", "models", "diagnostics"}]
     # Every Python package folder in the repository is listed in pyproject, so none is dropped.
     shipped = {n.rsplit("/", 1)[0] for n in names if n.endswith("__init__.py")}
-    for init in list(ROOT.glob("inference/**/__init__.py")) + list(ROOT.glob("models/**/__init__.py")) \
-            + list(ROOT.glob("diagnostics/**/__init__.py")):
+    for init in (list(ROOT.glob("inference/**/__init__.py"))
+                 + list(ROOT.glob("models/**/__init__.py"))
+                 + list(ROOT.glob("diagnostics/**/__init__.py"))):
         folder = init.parent.relative_to(ROOT).as_posix()
         assert "ppl/" + folder in shipped, f"{folder} is not listed in pyproject.toml packages"

@@ -63,9 +63,9 @@ def test_expected_coverage_flags_exactly_the_wrong_posteriors(case):
 
 def test_tarp_matches_an_independent_loop_and_the_tarp_package():
     rng = np.random.default_rng(3)
-    s, l, d = 40, 97, 3
-    truths = rng.normal(size=(s, d)) * [1.0, 5.0, 0.2]
-    draws = truths[:, None] + rng.normal(size=(s, l, d)) * [1.0, 5.0, 0.2]
+    num_sims, num_draws, dim = 40, 97, 3
+    truths = rng.normal(size=(num_sims, dim)) * [1.0, 5.0, 0.2]
+    draws = truths[:, None] + rng.normal(size=(num_sims, num_draws, dim)) * [1.0, 5.0, 0.2]
     draws_copy, truths_copy = draws.copy(), truths.copy()
     res = tarp(draws, truths, key=jax.random.key(0), num_bootstrap=50)
     # The caller's arrays are untouched (the bootstrap resamples f, not the inputs).
@@ -74,8 +74,8 @@ def test_tarp_matches_an_independent_loop_and_the_tarp_package():
     # A plain loop with the same reference points (given back normalised).
     low, span = truths.min(0), truths.max(0) - truths.min(0)
     refs = res.references
-    f = np.empty(s)
-    for i in range(s):
+    f = np.empty(num_sims)
+    for i in range(num_sims):
         x, t, r = (draws[i] - low) / span, (truths[i] - low) / span, refs[i]
         f[i] = np.mean(np.sqrt(((x - r) ** 2).sum(-1)) < np.sqrt(((t - r) ** 2).sum()))
     np.testing.assert_allclose(res.credibility, f)

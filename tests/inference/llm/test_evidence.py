@@ -87,6 +87,7 @@ def test_token_level_proposal_with_the_exact_twist_gives_the_exact_evidence(test
     reference's next token and the weight is that token's probability: every run's log Z
     is the teacher-forced log P_LM(reference), without Monte Carlo error, at any N."""
     from ppl.inference.llm.twisted import token_twisted_smc
+
     from ppl.reward_model import FinalCheck
 
     model, tokenizer = testbed

@@ -107,7 +107,8 @@ def test_chains_are_sharded_over_devices_with_identical_results():
     results = {}
     for count in (1, 2):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
-        workdir = os.path.join(os.environ.get("PYTEST_TMP", "/tmp"), f"ppl_shard_{count}_{os.getpid()}")
+        workdir = os.path.join(os.environ.get("PYTEST_TMP", "/tmp"),
+                               f"ppl_shard_{count}_{os.getpid()}")
         os.makedirs(workdir, exist_ok=True)
         out = subprocess.run([sys.executable, "-c", script], env=env, cwd=workdir,
                              capture_output=True, text=True, timeout=300)

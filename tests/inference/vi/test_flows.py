@@ -32,7 +32,8 @@ def test_flow_logdet_matches_jacobian(kind):
     params, static = flows.eqx_partition(flow)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
-    leaves = [leaf + 0.5 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)]
+    leaves = [leaf + 0.5 * jax.random.normal(k, leaf.shape)
+              for leaf, k in zip(leaves, keys, strict=True)]
     flow = flows.eqx_combine(jax.tree.unflatten(treedef, leaves), static)
     bijection = paramax.unwrap(flow.bijection)
     _check_logdet(bijection, jax.random.normal(jax.random.key(2), (5, 3)))

@@ -60,8 +60,8 @@ def test_flow_vi_defaults_match_reference(posteriordb_dir, name):
     reference = reference.reshape(-1, len(flat_names))
     draws = flat_draws(post, flat_names)
     z, r = criterion(draws, reference)
-    assert np.all(z < 0.2), dict(zip(flat_names, z.round(3)))
-    assert np.all(r < 0.2), dict(zip(flat_names, r.round(3)))
+    assert np.all(z < 0.2), dict(zip(flat_names, z.round(3), strict=True))
+    assert np.all(r < 0.2), dict(zip(flat_names, r.round(3), strict=True))
 
 
 def test_criterion_rejects_biased_draws(posteriordb_dir):
