@@ -59,6 +59,7 @@ demo: $(STAMP)
 	$(BIN)/ppl demo --out reports/demo
 
 test: $(STAMP)
+	$(BIN)/ruff check --quiet .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
