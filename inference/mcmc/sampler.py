@@ -8,6 +8,7 @@ the same shapes, or a second call with other keys, reuses the compiled program.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from typing import Any, NamedTuple
@@ -25,7 +26,10 @@ from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
 from ppl.sharding import shard_leading_axis
 
-__all__ = ["sample", "sample_nuts", "sample_hmc", "find_initial_positions"]
+__all__ = ["sample", "sample_nuts", "sample_hmc", "find_initial_positions",
+           "find_stuck_chains"]
+
+STUCK_CHAIN_ACTIONS = ("restart", "warn", "raise", "ignore")
 
 
 class _Settings(NamedTuple):
@@ -39,6 +43,7 @@ class _Settings(NamedTuple):
     max_tree_depth: int
     num_integration_steps: int
     initial_step_size: float
+    stuck_chains: str = "restart"
 
 
 class _ChainState(NamedTuple):
@@ -193,8 +198,14 @@ def _run_chunk(model, chains, key, xs, settings: _Settings):
     def scan_step(carry, x):
         chains, key = carry
         i, is_slow, is_window_end, active = x
-        key, step_key = jax.random.split(key)
+        next_key, step_key = jax.random.split(key)
         chain_keys = jax.random.split(step_key, settings.num_chains)
+        # Padding steps do not advance the key: the draws do not depend on the chunking.
+        # (Keys folded with the step index instead changed the rounding with the device count.)
+        key = jax.random.wrap_key_data(
+            jnp.where(active, jax.random.key_data(next_key), jax.random.key_data(key)),
+            impl=jax.random.key_impl(key),
+        )
 
         moved, out = jax.vmap(chain_step, in_axes=(0, 0, None, None, None))(
             chain_keys, chains, i, is_slow, is_window_end
@@ -208,38 +219,144 @@ def _run_chunk(model, chains, key, xs, settings: _Settings):
     return chains, key, out
 
 
+def _chunk_length(num_warmup: int, num_sampling: int, progress: bool) -> int:
+    """Steps per compiled chunk: warm-up ends on a chunk boundary (the stuck-chain check runs
+    there) and every chunk has the same length (one compiled program)."""
+    total = num_warmup + num_sampling
+    if progress:
+        return -(-total // 100)
+    if num_warmup == 0:
+        return total
+    common = math.gcd(num_warmup, num_sampling)
+    # Few chunks (1000 + 1000: two of 1000); else about 20, warm-up's last one padded.
+    return common if common * 20 >= total else -(-total // 20)
+
+
+def _phase_steps(start: int, length: int, chunk: int):
+    """Step indices of a phase, padded to whole chunks, and which of them are real."""
+    padded = -(-length // chunk) * chunk
+    return start + np.arange(padded), np.arange(padded) < length
+
+
+def find_stuck_chains(lp: np.ndarray, positions: np.ndarray, *, min_nats: float = 10.0,
+                      min_errors: float = 5.0):
+    """Chains sitting in a region of negligible posterior mass at the end of warm-up.
+
+    Each chain's share of the posterior is estimated as the log mass of the region it
+    explores: its mean log density plus the entropy of a diagonal Gaussian fitted to its
+    draws (the ELBO of that Gaussian). A chain whose log mass lies more than ``min_nats``
+    (and ``min_errors`` rough standard errors) below the best chain's holds a spurious mode
+    or a region it cannot leave; a mode that is merely wider has a lower log density but no
+    lower mass, and is left alone. A chain that does not move has no entropy and is stuck.
+
+    Args:
+        lp: ``(steps, chains)`` log densities over the last warm-up steps.
+        positions: ``(steps, chains, dim)`` the unconstrained positions of those steps.
+
+    Returns:
+        ``(stuck, gaps)``: indices of the stuck chains and every chain's log-mass gap below
+        the best (nats).
+    """
+    lp = np.asarray(lp, np.float64)
+    positions = np.asarray(positions, np.float64)
+    steps, num_chains = lp.shape
+    if num_chains < 2 or steps < 4:
+        return np.zeros(0, int), np.zeros(num_chains)
+    var = positions.var(axis=0)  # (chains, dim)
+    with np.errstate(divide="ignore"):
+        entropy = 0.5 * np.sum(np.log(2 * np.pi * np.e * var), axis=-1)
+    log_mass = np.where(np.all(np.isfinite(lp), axis=0), lp.mean(axis=0) + entropy, -np.inf)
+    if not np.isfinite(log_mass).any():
+        return np.zeros(0, int), np.zeros(num_chains)
+    gaps = np.max(log_mass[np.isfinite(log_mass)]) - log_mass
+    # Rough error of a chain's estimate, taking a quarter of the draws as effective.
+    dim = positions.shape[-1]
+    lp_sd = np.median(lp.std(axis=0))
+    error = np.sqrt(4.0 / steps * (lp_sd**2 + dim / 2.0))
+    stuck = np.flatnonzero(gaps > max(min_nats, min_errors * error))
+    return stuck, gaps
+
+
+def _restart_stuck(chains, lp, positions, settings: _Settings):
+    """The ``stuck_chains`` setting at the end of warm-up: restart each stuck chain from a
+    healthy chain's state (position, step size and mass matrix), warn, or refuse."""
+    stuck, gaps = find_stuck_chains(lp, positions)
+    if not stuck.size:
+        return chains, []
+    healthy = [int(c) for c in np.argsort(gaps) if c not in set(stuck.tolist())]
+    sources = [healthy[i % len(healthy)] for i in range(stuck.size)]
+    what = ", ".join(f"chain {c} (posterior mass about e^-{gaps[c]:.0f} of the best chain's)"
+                     if np.isfinite(gaps[c]) else f"chain {c} (not moving)" for c in stuck)
+    if settings.stuck_chains == "raise":
+        raise RuntimeError(
+            f"Stuck chain(s) at the end of warm-up: {what}; their log density sits far below "
+            "the other chains', in a region of negligible posterior mass (a spurious mode or "
+            "a region the sampler cannot leave). Use other initial points, reparameterise, or "
+            "stuck_chains='restart' to restart them from a healthy chain."
+        )
+    if settings.stuck_chains == "warn":
+        message = (f"Stuck chain(s) at the end of warm-up: {what}; kept as they are "
+                   "(stuck_chains='warn'): the draws are likely wrong.")
+    else:
+        index = np.arange(settings.num_chains)
+        index[stuck] = sources
+        take = jnp.asarray(index)
+        chains = jax.tree_util.tree_map(lambda x: x[take], chains)
+        message = (
+            f"Stuck chain(s) at the end of warm-up: {what}; restarted from "
+            + ", ".join(f"chain {s}" for s in sources)
+            + " (its position, step size and mass matrix) for sampling. If the posterior "
+            "really has a mode there of comparable mass (a much wider one), run with "
+            "stuck_chains='warn' and more chains."
+        )
+    return chains, [message]
+
+
 def _run(model, key, positions, schedule, settings: _Settings, progress: bool):
-    """Run warm-up and sampling; returns host arrays (draws, stats, gradient count) and the
-    final adaptation state."""
-    total = settings.num_warmup + settings.num_samples * settings.thinning
-    chunk = -(-total // 100) if progress else total
-    num_chunks = -(-total // chunk)
-    padded = num_chunks * chunk
-    steps = np.arange(padded)
-    is_slow = np.zeros(padded, np.int32)
-    is_end = np.zeros(padded, bool)
+    """Run warm-up and sampling; returns host arrays (draws, stats, gradient count), the
+    final adaptation state and the stuck-chain messages."""
+    num_sampling = settings.num_samples * settings.thinning
+    total = settings.num_warmup + num_sampling
+    chunk = _chunk_length(settings.num_warmup, num_sampling, progress)
+    warm_steps, warm_real = _phase_steps(0, settings.num_warmup, chunk)
+    sample_steps, sample_real = _phase_steps(settings.num_warmup, num_sampling, chunk)
+    steps = np.concatenate([warm_steps, sample_steps])
+    active = np.concatenate([warm_real, sample_real])
+    is_slow = np.zeros(len(steps), np.int32)
+    is_end = np.zeros(len(steps), bool)
     is_slow[: len(schedule[0])] = schedule[0]
     is_end[: len(schedule[1])] = schedule[1]
-    active = steps < total
+    num_chunks = len(steps) // chunk
+    warm_chunks = len(warm_steps) // chunk
     chains = _init_chains(model, positions, settings)
-    positions_out, stats_out = [], []
+    positions_out, stats_out, messages = [], [], []
+    done = 0
     with ProgressBar(total if progress else 0,
                      desc=f"{settings.algorithm.upper()} (compiling)") as bar:
         for c in range(num_chunks):
+            if c == warm_chunks and settings.num_warmup and settings.stuck_chains != "ignore":
+                lp = np.concatenate([s["lp"] for s in stats_out])[warm_real]
+                where = np.concatenate(positions_out)[warm_real]
+                # The end of warm-up: the chains near their stationary regime.
+                window = max(4, min(100, settings.num_warmup // 5))
+                chains, messages = _restart_stuck(chains, lp[-window:], where[-window:],
+                                                  settings)
             part = slice(c * chunk, (c + 1) * chunk)
             xs = tuple(jnp.asarray(a[part]) for a in (steps, is_slow, is_end, active))
             chains, key, (pos, stats) = _run_chunk(model, chains, key, xs, settings)
             positions_out.append(np.asarray(pos))
             stats_out.append({k: np.asarray(v) for k, v in stats.items()})
-            bar.update_to(min((c + 1) * chunk, total), desc=settings.algorithm.upper())
-    positions_all = np.concatenate(positions_out)[:total]
-    stats_all = {k: np.concatenate([s[k] for s in stats_out])[:total] for k in stats_out[0]}
+            done += int(active[part].sum())
+            bar.update_to(done, desc=settings.algorithm.upper())
+    real = np.flatnonzero(active)
+    positions_all = np.concatenate(positions_out)[real]
+    stats_all = {k: np.concatenate([s[k] for s in stats_out])[real] for k in stats_out[0]}
     # (step, chain, ...) -> (chain, step, ...), sampling phase only, thinned.
     keep = slice(settings.num_warmup, total, settings.thinning)
     draws = np.swapaxes(positions_all[keep], 0, 1)
     sample_stats = {k: np.swapaxes(v[keep], 0, 1) for k, v in stats_all.items()}
     num_gradient_evals = int(np.sum(stats_all["n_steps"], dtype=np.int64))
-    return draws, sample_stats, num_gradient_evals, chains.adaptation_state
+    return draws, sample_stats, num_gradient_evals, chains.adaptation_state, messages
 
 
 @eqx.filter_jit
@@ -335,6 +452,7 @@ def sample(
     progress_bar: bool | None = None,
     log_likelihood: bool | None = None,
     warn: bool = True,
+    stuck_chains: str = "restart",
 ) -> Posterior:
     """Run NUTS (or HMC) with Stan's windowed adaptation on ``num_chains`` chains.
 
@@ -353,6 +471,12 @@ def sample(
         progress_bar: show a progress bar (default: when stderr is a terminal).
         log_likelihood: store pointwise log-likelihood (default: when it is small).
         warn: emit warnings on divergences and R-hat > 1.01.
+        stuck_chains: what to do at the end of warm-up with a chain whose log density sits
+            in a region of negligible posterior mass that it cannot leave (a spurious mode, a
+            non-invertible region: :func:`find_stuck_chains` over the last 100 warm-up
+            steps, a log mass over 10 nats below the best chain's). ``"restart"``
+            (default): restart it for sampling from a healthy chain's state, and warn;
+            ``"warn"``: keep it, and warn; ``"raise"``: refuse the run; ``"ignore"``.
 
     Returns:
         A :class:`~ppl.Posterior` with draws shaped ``(chain, draw, ...)`` and per-draw
@@ -367,11 +491,14 @@ def sample(
     thinning = _positive_int("thinning", thinning)
     if not 0.0 < float(target_accept) < 1.0:
         raise ValueError(f"Expected target_accept in (0, 1), got {target_accept!r}.")
+    if stuck_chains not in STUCK_CHAIN_ACTIONS:
+        raise ValueError(f"Expected stuck_chains one of {', '.join(STUCK_CHAIN_ACTIONS)}, got "
+                         f"{stuck_chains!r}.")
     progress = ProgressBar.wanted(progress_bar)
     settings = _Settings(
         algorithm, num_chains, num_warmup, num_samples, thinning, float(target_accept),
         bool(dense_mass), int(max_tree_depth), int(num_integration_steps),
-        float(initial_step_size),
+        float(initial_step_size), stuck_chains,
     )
     start = time.perf_counter()
     init_key, run_key = jax.random.split(as_key(key))
@@ -388,8 +515,10 @@ def sample(
             )
     positions = _shard_chains(positions)
     schedule = warmup_schedule(num_warmup)
-    draws, stats, num_grads, adaptation = _run(model, run_key, positions, schedule, settings,
-                                               progress)
+    draws, stats, num_grads, adaptation, stuck = _run(model, run_key, positions, schedule,
+                                                      settings, progress)
+    for message in stuck if warn else []:
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
     z = jnp.asarray(draws)
     values = _constrain(model, z)
     samples = {k: np.asarray(v) for k, v in values.items()}
@@ -407,7 +536,8 @@ def sample(
         "step_size": np.asarray(adaptation.step_size).tolist(),
         "num_devices": len(jax.devices()),
     }
-    meta["warnings"] = _warn_on_problems(samples, stats, meta, np.asarray(z)) if warn else []
+    meta["warnings"] = stuck + (_warn_on_problems(samples, stats, meta, np.asarray(z))
+                                if warn else [])
     return Posterior(
         samples=samples,
         stats=stats,
