@@ -85,8 +85,20 @@ def test_shapes_for_numpyro_models_and_finite_stats(engine):
     assert post.samples["w"].shape == (chains, draws, 2)
     assert post.samples["s"].shape == (chains, draws)
     assert np.all(post.samples["s"] > 0)
+    # Every number an engine returns is finite (stats are empty for some engines: the draws,
+    # weights, evidence and history are checked for all).
+    for name, value in post.samples.items():
+        assert np.all(np.isfinite(value)), f"samples[{name!r}]"
     for name, value in post.stats.items():
-        assert np.all(np.isfinite(np.asarray(value, float))), name
+        assert np.all(np.isfinite(np.asarray(value, float))), f"stats[{name!r}]"
+    for name, value in post.history.items():
+        value = np.asarray(value)
+        if value.dtype.kind in "fc":
+            assert not np.any(np.isnan(value)), f"history[{name!r}]"
+    if post.log_weights is not None:
+        assert not np.any(np.isnan(post.log_weights)) and np.any(np.isfinite(post.log_weights))
+    if post.log_evidence is not None:
+        assert np.isfinite(post.log_evidence)
     assert post.meta["wall_time"] > 0
 
 
