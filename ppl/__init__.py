@@ -15,6 +15,18 @@ Model = AbstractModel
 
 _config.enable_compilation_cache(unless_disabled=True)
 
+# Subpackages load on first use (``ppl.diagnostics.coverage(...)`` after ``import ppl``), so
+# that ``import ppl`` stays light.
+_SUBPACKAGES = ("diagnostics", "inference", "models")
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"ppl.{name}")
+    raise AttributeError(f"module 'ppl' has no attribute {name!r}")
+
 __all__ = [
     "AbstractModel",
     "LogDensityModel",

@@ -164,3 +164,20 @@ def test_cli_models_with_an_unknown_tag_lists_the_known_tags(capsys):
     assert cli.main(["models", "--tag", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "no model has the tag 'nosuch'" in err and "closed_form" in err
+
+
+def test_subpackages_resolve_after_import_ppl():
+    """The README's ``ppl.diagnostics.coverage(...)`` and ``ppl.models.get(...)`` work after a
+    bare ``import ppl`` (in a fresh interpreter, where nothing else imported them)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ppl; assert 'ppl.diagnostics' not in sys.modules; "
+            "print(ppl.diagnostics.coverage.__name__, ppl.models.get.__name__, "
+            "ppl.inference.llm.run.__name__, ppl.inference.mcmc.sampler.sample_nuts.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["coverage", "get", "run", "sample_nuts"]
+    with pytest.raises(AttributeError, match="no attribute 'nosuch'"):
+        ppl.nosuch  # noqa: B018
