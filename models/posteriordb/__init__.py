@@ -10,7 +10,8 @@ Example:
     >>> from ppl import models
     >>> entry = models.get("posteriordb/kidiq-kidscore_momiq")
     >>> model = entry.build()               # data from data.json
-    >>> entry.reference()["beta"].shape     # (10000, 2)
+    >>> entry.reference()["beta"].shape
+    (10000, 2)
 """
 
 from __future__ import annotations
