@@ -3,9 +3,9 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from ppl.inference.mcmc.sampler import find_stuck_chains
 
 import ppl
-from ppl.inference.mcmc.sampler import find_stuck_chains
 
 DIM = 3
 TRAP = jnp.array([8.0, 0.0, 0.0])
