@@ -18,6 +18,7 @@ __all__ = ["main", "resolve_model"]
 # name -> module providing add_parser(subparsers) and run(args)
 _PLUGINS = {
     "coverage": "ppl.diagnostics.coverage_cli",
+    "amortize": "ppl.inference.amortized.cli",
 }
 # ``ppl lm`` gathers the commands of the language-model testbed and of the algorithms, which
 # do not import each other: module -> its add_commands(lm_subparsers).

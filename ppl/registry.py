@@ -97,3 +97,9 @@ register_engine(
     "svgd", "ppl.inference.vi.svgd:sample_svgd",
     "Stein variational gradient descent with Adagrad and a step size (baseline)",
 )
+register_engine(
+    "distribution_transformer",
+    "ppl.inference.amortized.engine:infer_distribution_transformer",
+    "Amortized posterior of a model family (Gaussian-mixture prior in, posterior out)",
+    needs_gradients=False,
+)

@@ -10,7 +10,7 @@ MODULES = [
     "ppl.inference.smc.pmmh", "ppl.inference.smc.particle_filter", "ppl.inference.vi.coin",
     "ppl.inference.vi.flow", "ppl.inference.mcmc.kernels", "ppl.diagnostics.coverage",
     "ppl.diagnostics.tarp", "ppl.models.posteriordb", "ppl.models.zoo", "ppl.models.lm.reward",
-    "ppl.models.lm.testbed.prm",
+    "ppl.models.lm.testbed.prm", "ppl.inference.amortized", "ppl.inference.amortized.gmm",
 ]
 
 

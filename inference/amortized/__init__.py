@@ -10,8 +10,10 @@ retraining; a posterior can be fed back as the next prior (sequential inference)
 - :mod:`.families`: model families (hyper-distribution over priors, simulator, exact
   posterior), registered by name.
 - :mod:`.transformer`: the architecture.
-- :mod:`.train`: :func:`train`, :class:`Amortizer` (``posterior``, ``check_prior``, ``save``,
-  ``load``), :func:`load_pretrained`.
+- :mod:`.train`: ``train.train(family, key=..., steps=...)``, :class:`Amortizer`
+  (``posterior``, ``check_prior``, ``save``, ``load``), :func:`load_pretrained`. (The
+  function ``train`` is not re-exported here: ``ppl.inference.amortized.train`` stays the
+  module.)
 - :mod:`.evaluate`: accuracy against exact posteriors; :mod:`.train_family`: the script
   that trains and measures the shipped checkpoints.
 
@@ -53,7 +55,6 @@ from .train import (
     TrainingSettings,
     checkpoint_path,
     load_pretrained,
-    train,
 )
 from .transformer import DistributionTransformer, TransformerConfig
 
@@ -64,6 +65,6 @@ __all__ = [
     "kl_divergence", "linear_gaussian_posterior", "linear_regression_posterior",
     "multiply_gaussian_site", "stack_mixtures",
     "Amortizer", "PriorOutsideTrainingWarning", "TrainingSettings", "checkpoint_path",
-    "load_pretrained", "train",
+    "load_pretrained",
     "DistributionTransformer", "TransformerConfig",
 ]
