@@ -14,6 +14,8 @@ retraining; a posterior can be fed back as the next prior (sequential inference)
   (``posterior``, ``check_prior``, ``save``, ``load``), :func:`load_pretrained`. (The
   function ``train`` is not re-exported here: ``ppl.inference.amortized.train`` stays the
   module.)
+- :mod:`.engine`: :func:`family_model` (a family's posterior as a ppl Model) and
+  ``ppl.infer(model, "distribution_transformer", amortizer=...)``.
 - :mod:`.evaluate`: accuracy against exact posteriors; :mod:`.train_family`: the script
   that trains and measures the shipped checkpoints.
 
@@ -29,6 +31,7 @@ Example:
     ((), 2)
 """
 
+from .engine import family_model
 from .families import (
     AbstractFamily,
     GaussianMeanFamily,
@@ -67,4 +70,5 @@ __all__ = [
     "Amortizer", "PriorOutsideTrainingWarning", "TrainingSettings", "checkpoint_path",
     "load_pretrained",
     "DistributionTransformer", "TransformerConfig",
+    "family_model",
 ]

@@ -84,3 +84,17 @@ def test_engine_refuses_what_it_cannot_run(tmp_path):
     with pytest.raises(ValueError, match="NaN or inf in row 2"):
         family_model(family, prior, np.where(np.arange(8)[:, None] == 2, np.nan, 0.0)
                      * np.ones((8, 2)))
+
+
+def test_cli_trains_and_evaluates(tmp_path, capsys):
+    from ppl.cli import main
+
+    out = tmp_path / "tiny"
+    assert main(["amortize", "train", "gaussian_mean_1d", "--out", str(out), "--steps", "30",
+                 "--batch-size", "16", "--skip-evaluation", "--width", "16", "--mlp-width",
+                 "32", "--depth", "1"]) == 0
+    assert (out / "weights.eqx").exists() and (out / "amortizer.json").exists()
+    capsys.readouterr()
+    assert main(["amortize", "eval", str(out), "--num-datasets", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert '"held_out"' in printed and '"ms_per_posterior"' in printed
