@@ -289,10 +289,10 @@ def _restart_stuck(chains, lp, positions, settings: _Settings):
                      if np.isfinite(gaps[c]) else f"chain {c} (not moving)" for c in stuck)
     if settings.stuck_chains == "raise":
         raise RuntimeError(
-            f"Stuck chain(s) at the end of warm-up: {what}; their log density sits far below "
-            "the other chains', in a region of negligible posterior mass (a spurious mode or "
-            "a region the sampler cannot leave). Use other initial points, reparameterise, or "
-            "stuck_chains='restart' to restart them from a healthy chain."
+            f"Stuck chain(s) at the end of warm-up: {what}: in a region of negligible "
+            "posterior mass (a spurious mode or a region the sampler cannot leave). Use other "
+            "initial points, reparameterise, or stuck_chains='restart' to restart them from a "
+            "healthy chain."
         )
     if settings.stuck_chains == "warn":
         message = (f"Stuck chain(s) at the end of warm-up: {what}; kept as they are "

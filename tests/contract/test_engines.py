@@ -18,8 +18,8 @@ import ppl
 
 # Small settings per engine: enough to run, not to be accurate (accuracy is tested elsewhere).
 ENGINES = {
-    "nuts": dict(num_chains=2, num_warmup=50, num_samples=30, progress_bar=False),
-    "hmc": dict(num_chains=2, num_warmup=50, num_samples=30, progress_bar=False),
+    "nuts": dict(num_chains=2, num_warmup=50, num_samples=30, progress_bar=False, warn=False),
+    "hmc": dict(num_chains=2, num_warmup=50, num_samples=30, progress_bar=False, warn=False),
     "smc": dict(num_particles=64, kernel="rw", max_mcmc_steps=5, progress_bar=False),
     "flow_vi": dict(num_steps=50, num_draws=40, progress_bar=False, warn=False),
     "coin_svgd": dict(num_particles=16, num_iterations=20, progress_bar=False),

@@ -80,6 +80,7 @@ def centered_eight_schools(sigma, y):
         numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
 
 
+@pytest.mark.filterwarnings("ignore:R-hat")
 def test_divergences_warn_and_name_the_funnel_parameter():
     y = np.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
     sigma = np.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
