@@ -1,4 +1,5 @@
-"""The quickstart notebook runs (small settings), and the command line works end to end."""
+"""The notebooks run (the quickstart with small settings), and the command line works end
+to end."""
 
 from pathlib import Path
 
@@ -18,6 +19,17 @@ def test_quickstart_notebook_executes(monkeypatch):
                    resources={"metadata": {"path": str(ROOT)}}).execute()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
+
+
+def test_sequential_amortized_notebook_executes():
+    """The distribution-transformer walkthrough (shipped checkpoints, one NUTS run)."""
+    nb = nbformat.read(ROOT / "notebooks" / "05_sequential_amortized.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "updates that warned" in text and "NUTS mean (sd)" in text
 
 
 def test_cli_run_prints_a_summary_and_saves(tmp_path, capsys):

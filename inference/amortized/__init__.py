@@ -36,6 +36,7 @@ from .families import (
     AbstractFamily,
     GaussianMeanFamily,
     LinearRegressionFamily,
+    LogisticRegressionFamily,
     MixtureHyperprior,
     family_names,
     get_family,
@@ -62,7 +63,8 @@ from .train import (
 from .transformer import DistributionTransformer, TransformerConfig
 
 __all__ = [
-    "AbstractFamily", "GaussianMeanFamily", "LinearRegressionFamily", "MixtureHyperprior",
+    "AbstractFamily", "GaussianMeanFamily", "LinearRegressionFamily", "LogisticRegressionFamily",
+    "MixtureHyperprior",
     "family_names", "get_family", "register_family",
     "ConjugatePosterior", "GaussianMixture", "KLEstimate", "gaussian_mean_posterior",
     "kl_divergence", "linear_gaussian_posterior", "linear_regression_posterior",

@@ -28,7 +28,7 @@ import numpy as np
 from ppl.model import LogDensityModel, from_logdensity
 from ppl.posterior import Posterior
 
-from .families import AbstractFamily, GaussianMeanFamily, LinearRegressionFamily, get_family
+from .families import AbstractFamily, get_family
 from .gmm import GaussianMixture
 from .train import Amortizer, PriorOutsideTrainingWarning, load_pretrained
 
@@ -40,18 +40,7 @@ _DATA_KEYS = ("data", "mask", "prior")
 
 def family_log_likelihood(family: AbstractFamily, theta, data, mask):
     """``log p(data | theta)`` of the observed rows (``mask``) of one data set."""
-    if isinstance(family, GaussianMeanFamily):
-        residual = (data - theta) / family.noise_sd
-        per_point = (-0.5 * jnp.sum(residual**2, axis=-1)
-                     - family.dim * (jnp.log(family.noise_sd) + 0.5 * jnp.log(2 * jnp.pi)))
-    elif isinstance(family, LinearRegressionFamily):
-        design, y = data[:, : family.dim], data[:, family.dim]
-        residual = (y - design @ theta) / family.noise_sd
-        per_point = -0.5 * residual**2 - jnp.log(family.noise_sd) - 0.5 * jnp.log(2 * jnp.pi)
-    else:
-        raise ValueError(f"Expected a family with a known likelihood (gaussian_mean, "
-                         f"linear_regression), got kind {family.kind!r}.")
-    return jnp.sum(jnp.where(mask, per_point, 0.0))
+    return get_family(family).log_likelihood(theta, data, mask)
 
 
 def family_model(family: str | AbstractFamily, prior: GaussianMixture, data,
@@ -84,6 +73,9 @@ def family_model(family: str | AbstractFamily, prior: GaussianMixture, data,
     if not np.all(np.isfinite(data[mask])):
         row = int(np.argwhere(~np.all(np.isfinite(data), axis=1) & mask)[0, 0])
         raise ValueError(f"Expected finite data, got NaN or inf in row {row}.")
+    problem = family.data_problems(data, mask)
+    if problem:
+        raise ValueError(problem)
     num_points = len(data)
 
     def log_likelihood(position, held):

@@ -1,5 +1,5 @@
 """Model families an amortizer is trained on: a hyper-distribution over mixture priors, a
-simulator, and the exact posterior (both families here are conjugate).
+simulator, the likelihood, and (conjugate families) the exact posterior.
 
 A family is a plain, frozen description (its name and hashable settings) that a checkpoint
 stores as JSON and compares on loading (:func:`family_to_json`, :func:`family_from_json`).
@@ -22,7 +22,10 @@ dividing each row by its diagonal entry).
 Registered families (:func:`get_family`, :func:`family_names`): ``gaussian_mean_1d``,
 ``gaussian_mean_2d``, ``gaussian_mean_3d`` (``x_i ~ N(theta, 1)``) and
 ``linear_regression`` (three coefficients, ``y = beta_0 + beta_1 t + beta_2 t^2 + eps``),
-``linear_regression_4`` (cubic).
+``linear_regression_4`` (cubic), both conjugate; and ``logistic_regression``
+(``y_i ~ Bernoulli(sigmoid(beta_0 + beta_1 z_1 + beta_2 z_2))``, ``z ~ N(0, I_2)``), which
+is not: its accuracy is judged against importance-sampled reference posteriors
+(:mod:`~ppl.inference.amortized.reference`) and NUTS.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ __all__ = [
     "AbstractFamily",
     "GaussianMeanFamily",
     "LinearRegressionFamily",
+    "LogisticRegressionFamily",
     "register_family",
     "get_family",
     "family_names",
@@ -211,11 +215,13 @@ class AbstractFamily(abc.ABC):
     """A model family: a hyper-distribution over mixture priors and a simulator.
 
     Final subclasses are frozen dataclasses with at least the fields ``name``,
-    ``noise_sd``, ``max_points``, ``min_points`` and ``hyperprior``, and provide
-    ``dim`` (parameters) and ``data_dim`` (numbers per data point).
+    ``max_points``, ``min_points`` and ``hyperprior``, and provide ``dim`` (parameters),
+    ``data_labels`` (names of the numbers of a data point), the simulator and the
+    likelihood; conjugate ones (``conjugate = True``) also the exact posterior.
     """
 
     kind: ClassVar[str]
+    conjugate: ClassVar[bool] = True
     name: str
     max_points: int
     min_points: int
@@ -232,9 +238,21 @@ class AbstractFamily(abc.ABC):
         """``max_points`` data points drawn given ``theta``."""
 
     @abc.abstractmethod
+    def log_likelihood(self, theta: Float[Array, " d"], data: Float[Array, "n p"],
+                       mask: Bool[Array, " n"]) -> Float[Array, ""]:
+        """``log p(data | theta)`` of the observed rows (``mask``) of one data set."""
+
     def exact_posterior(self, prior: GaussianMixture, data: Float[Array, "n p"],
                         mask: Bool[Array, " n"]) -> ConjugatePosterior:
         """The exact posterior (one prior and one data set; vmap for batches)."""
+        raise ValueError(f"Family {self.name!r} ({self.kind}) is not conjugate: it has no "
+                         f"closed-form posterior (see ppl.inference.amortized.reference).")
+
+    def data_problems(self, data: np.ndarray, mask: np.ndarray) -> str | None:
+        """What is wrong with observed values that have the right shape and are finite
+        (``data`` ``(n, p)`` or ``(batch, n, p)``, ``mask`` without the last axis), or
+        None."""
+        return None
 
     @property
     def data_dim(self) -> int:
@@ -284,7 +302,8 @@ def _jsonable(value):
 def _check_common(family):
     if not isinstance(family.name, str) or not family.name:
         raise ValueError(f"Expected a non-empty family name, got {family.name!r}.")
-    _positive_float("noise_sd", family.noise_sd)
+    if hasattr(family, "noise_sd"):
+        _positive_float("noise_sd", family.noise_sd)
     _positive_int("max_points", family.max_points)
     _positive_int("min_points", family.min_points, minimum=0)
     if family.min_points > family.max_points:
@@ -326,6 +345,12 @@ class GaussianMeanFamily(AbstractFamily):
     def simulate_data(self, key, theta):
         noise = jax.random.normal(key, (self.max_points, self.dim))
         return theta + self.noise_sd * noise
+
+    def log_likelihood(self, theta, data, mask):
+        residual = (data - theta) / self.noise_sd
+        per_point = (-0.5 * jnp.sum(residual**2, axis=-1)
+                     - self.dim * (math.log(self.noise_sd) + 0.5 * math.log(2 * math.pi)))
+        return jnp.sum(jnp.where(mask, per_point, 0.0))
 
     def exact_posterior(self, prior, data, mask):
         eye = jnp.broadcast_to(jnp.eye(self.dim), (data.shape[0], self.dim, self.dim))
@@ -395,15 +420,93 @@ class LinearRegressionFamily(AbstractFamily):
         y = design @ theta + self.noise_sd * jax.random.normal(noise_key, (self.max_points,))
         return jnp.concatenate([design, y[:, None]], axis=1)
 
+    def log_likelihood(self, theta, data, mask):
+        design, y = data[:, : self.dim], data[:, self.dim]
+        residual = (y - design @ theta) / self.noise_sd
+        per_point = -0.5 * residual**2 - math.log(self.noise_sd) - 0.5 * math.log(2 * math.pi)
+        return jnp.sum(jnp.where(mask, per_point, 0.0))
+
     def exact_posterior(self, prior, data, mask):
         design, y = data[:, : self.dim], data[:, self.dim]
         return linear_gaussian_posterior(prior, design[:, None, :], y[:, None], mask,
                                          self.noise_sd)
 
 
+@dataclasses.dataclass(frozen=True)
+class LogisticRegressionFamily(AbstractFamily):
+    """Logistic regression: ``y_i ~ Bernoulli(sigmoid(x_i^T beta))``, not conjugate.
+
+    A data point is the row ``(x_i, y_i)`` with ``x_i = (1, z_i)`` (an intercept and
+    ``d - 1`` covariates ``z_i ~ N(0, covariate_sd^2 I)``) and ``y_i`` 0 or 1. The posterior
+    of a mixture prior has no closed form: accuracy is measured against importance-sampled
+    reference posteriors (:mod:`~ppl.inference.amortized.reference`).
+
+    Attributes:
+        name: registry name.
+        num_coefficients: ``d``, the length of ``beta`` (the intercept included).
+        covariate_sd: standard deviation of the covariates.
+        max_points, min_points: range of the number of observed rows.
+        hyperprior: the hyper-distribution over mixture priors on ``beta``.
+    """
+
+    kind: ClassVar[str] = "logistic_regression"
+    conjugate: ClassVar[bool] = False
+    name: str
+    num_coefficients: int = 3
+    covariate_sd: float = 1.0
+    max_points: int = 32
+    min_points: int = 1
+    hyperprior: MixtureHyperprior = MixtureHyperprior()
+
+    def __post_init__(self):
+        _positive_int("num_coefficients", self.num_coefficients, minimum=2)
+        _positive_float("covariate_sd", self.covariate_sd)
+        _check_common(self)
+
+    @property
+    def dim(self) -> int:
+        return self.num_coefficients
+
+    @property
+    def data_labels(self) -> tuple[str, ...]:
+        return ("intercept",) + tuple(f"z_{i}" for i in range(1, self.dim)) + ("y",)
+
+    def simulate_data(self, key, theta):
+        design_key, outcome_key = jax.random.split(key)
+        covariates = self.covariate_sd * jax.random.normal(design_key,
+                                                           (self.max_points, self.dim - 1))
+        design = jnp.concatenate([jnp.ones((self.max_points, 1)), covariates], axis=1)
+        y = jax.random.bernoulli(outcome_key, jax.nn.sigmoid(design @ theta))
+        return jnp.concatenate([design, y[:, None].astype(design.dtype)], axis=1)
+
+    def log_likelihood(self, theta, data, mask):
+        design, y = data[:, : self.dim], data[:, self.dim]
+        logits = design @ theta
+        per_point = y * logits - jax.nn.softplus(logits)
+        return jnp.sum(jnp.where(mask, per_point, 0.0))
+
+    def data_problems(self, data, mask):
+        y, intercept = data[..., self.dim], data[..., 0]
+        bad = mask & ~((y == 0) | (y == 1))
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            return (f"Expected outcomes y of 0 or 1 for family {self.name!r}, got "
+                    f"{y[where]:g} at point {where[-1]}"
+                    + (f" of data set {where[0]}" if len(where) > 1 else "") + ".")
+        bad = mask & (intercept != 1)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            return (f"Expected the intercept column (the first of {self.data_labels}) to be "
+                    f"1 for family {self.name!r}, got {intercept[where]:g} at point "
+                    f"{where[-1]}" + (f" of data set {where[0]}" if len(where) > 1 else "")
+                    + ".")
+        return None
+
+
 _KINDS: dict[str, type[AbstractFamily]] = {
     GaussianMeanFamily.kind: GaussianMeanFamily,
     LinearRegressionFamily.kind: LinearRegressionFamily,
+    LogisticRegressionFamily.kind: LogisticRegressionFamily,
 }
 _FAMILIES: dict[str, AbstractFamily] = {}
 
@@ -460,6 +563,11 @@ register_family(LinearRegressionFamily(
 ))
 register_family(LinearRegressionFamily(
     name="linear_regression_4", num_coefficients=4, noise_sd=0.5, max_points=24,
+    hyperprior=MixtureHyperprior(max_components=4, mean_low=-2.0, mean_high=2.0,
+                                 scale_low=0.1, scale_high=2.0, max_shape=0.5),
+))
+register_family(LogisticRegressionFamily(
+    name="logistic_regression", num_coefficients=3, covariate_sd=1.0, max_points=32,
     hyperprior=MixtureHyperprior(max_components=4, mean_low=-2.0, mean_high=2.0,
                                  scale_low=0.1, scale_high=2.0, max_shape=0.5),
 ))

@@ -487,6 +487,10 @@ class Amortizer:
             where, point = (int(i) for i in np.argwhere(bad)[0])
             raise ValueError("Expected finite data, got NaN or inf at point "
                              f"{point}" + ("" if single else f" of data set {where}") + ".")
+        problem = family.data_problems(data[0], mask[0]) if single else family.data_problems(
+            data, mask)
+        if problem:
+            raise ValueError(problem)
         data, mask = _fit_rows(data, mask, family.max_points)
         if not isinstance(prior, GaussianMixture):
             raise ValueError(f"Expected prior to be a GaussianMixture, got "

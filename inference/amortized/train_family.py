@@ -2,16 +2,17 @@
 
     python -m ppl.inference.amortized.train_family train gaussian_mean_2d
     python -m ppl.inference.amortized.train_family train linear_regression
+    python -m ppl.inference.amortized.train_family train logistic_regression
     python -m ppl.inference.amortized.train_family evaluate gaussian_mean_2d
 
 ``train`` writes ``weights.eqx``, ``amortizer.json``, ``metrics.json`` (accuracy against
-the exact posteriors in every scenario of :mod:`~ppl.inference.amortized.evaluate`, the
-time per posterior at batch 256, wall and CPU time, the machine's load) and
-``train_log.txt`` into ``--out`` (default: the shipped checkpoint's directory,
-``models/amortized/checkpoints/<family>/``). A run interrupted part-way resumes from its
-last checkpoint when started again with the same arguments. ``evaluate`` measures a
-checkpoint (a directory or a family's shipped one) and prints the same metrics as JSON
-(``--write`` merges them into the checkpoint's ``metrics.json``).
+the exact posteriors, importance-sampled for logistic regression, in every scenario of
+:mod:`~ppl.inference.amortized.evaluate`, the time per posterior at batch 256, wall and CPU
+time, the machine's load) and ``train_log.txt`` into ``--out`` (default: the shipped
+checkpoint's directory, ``models/amortized/checkpoints/<family>/``). A run interrupted
+part-way resumes from its last checkpoint when started again with the same arguments.
+``evaluate`` measures a checkpoint (a directory or a family's shipped one) and prints the
+same metrics as JSON (``--write`` merges them into the checkpoint's ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ __all__ = ["DEFAULT_TRAINING", "main", "measure"]
 # Per-family training settings of the shipped checkpoints (other families: GENERIC).
 GENERIC_TRAINING: dict[str, Any] = {"steps": 8000, "batch_size": 128, "learning_rate": 2e-3}
 DEFAULT_TRAINING: dict[str, dict[str, Any]] = {
-    "gaussian_mean_2d": {"steps": 8000, "batch_size": 128, "learning_rate": 2e-3},
-    "linear_regression": {"steps": 8000, "batch_size": 128, "learning_rate": 2e-3},
+    name: dict(GENERIC_TRAINING)
+    for name in ("gaussian_mean_1d", "gaussian_mean_2d", "gaussian_mean_3d", "linear_regression",
+                 "linear_regression_4", "logistic_regression")
 }
 
 

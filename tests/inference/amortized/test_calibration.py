@@ -1,7 +1,9 @@
 """The toolkit's own coverage driver (TARP, SBC, expected coverage) on the amortized
-posterior: the shipped network passes on 500 simulated data sets, an under-trained one is
-flagged (the negative control)."""
+posterior: the shipped networks pass on 500 simulated data sets (a conjugate family and the
+non-conjugate logistic regression), an under-trained one is flagged (the negative
+control)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -30,3 +32,17 @@ def test_shipped_network_is_calibrated_and_an_undertrained_one_is_flagged():
                  architecture={"width": 16, "depth": 1, "mlp_width": 32, "num_heads": 2},
                  progress_bar=False)
     assert _verdicts(weak) == {"tarp": False, "sbc": False, "coverage": False}
+
+
+@pytest.mark.slow
+def test_shipped_logistic_network_is_calibrated():
+    family = get_family("logistic_regression")
+    prior = GaussianMixture.from_weights(jnp.array([0.6, 0.4]),
+                                         jnp.array([[-1.0, 1.0, 0.0], [1.0, -0.5, 0.5]]),
+                                         jnp.full((2, 3), 0.8))
+    _, _, rows, _ = family.sample_example(jax.random.key(0))
+    model = family_model(family, prior, np.asarray(rows)[:20])
+    run = coverage(model, "distribution_transformer", num_sims=500, key=1,
+                   amortizer=load_pretrained("logistic_regression"), num_samples=200,
+                   progress_bar=False)
+    assert run.verdicts == {"tarp": True, "sbc": True, "coverage": True}

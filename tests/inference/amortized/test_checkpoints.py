@@ -1,4 +1,5 @@
-"""The shipped checkpoints against exact posteriors on held-out simulated data sets.
+"""The shipped checkpoints against exact posteriors on held-out simulated data sets
+(closed form for the conjugate families, importance-sampled for logistic regression).
 
 Targets (the issue's): mean error <= 0.1 exact posterior sd and sd within 10% on average,
 inside the training hyper-distribution, also when the prior changes at test time (always
@@ -22,13 +23,29 @@ from ppl.inference.amortized.train import (
     load_pretrained,
 )
 
-SHIPPED = ("gaussian_mean_2d", "linear_regression")
+SHIPPED = ("gaussian_mean_1d", "gaussian_mean_2d", "gaussian_mean_3d", "linear_regression",
+           "linear_regression_4", "logistic_regression")
+# The families whose every scenario is tested (the others: held-out accuracy, speed, size).
+FULLY_TESTED = ("gaussian_mean_2d", "linear_regression", "logistic_regression")
 NUM_DATASETS = 256
 
 
 @pytest.fixture(scope="module", params=SHIPPED)
+def shipped(request):
+    return load_pretrained(request.param)
+
+
+@pytest.fixture(scope="module", params=FULLY_TESTED)
 def amortizer(request):
     return load_pretrained(request.param)
+
+
+def _accuracy(family, approx, prior, theta, data, mask, key):
+    if family.conjugate:
+        exact = jax.vmap(family.exact_posterior)(prior, data, mask).posterior
+        return evaluate.compare(exact, approx, theta, key)
+    reference = evaluate.reference_posteriors(family, prior, data, mask, key)
+    return evaluate.compare_to_reference(family, reference, approx, prior, theta, data, mask)
 
 
 def _check(summary):
@@ -43,23 +60,23 @@ def _check(summary):
 def test_shipped_checkpoint_is_small():
     for name in SHIPPED:
         size = sum(path.stat().st_size for path in checkpoint_path(name).iterdir())
-        assert size < 2_000_000
+        assert size < 1_000_000, name
 
 
-def test_held_out_accuracy_and_negative_controls(amortizer):
-    summary = evaluate.evaluate(amortizer, "held_out", num_datasets=NUM_DATASETS)
+def test_held_out_accuracy_and_negative_controls(shipped):
+    summary = evaluate.evaluate(shipped, "held_out", num_datasets=NUM_DATASETS)
     assert not summary["warned"]
     _check(summary)
-    family = amortizer.family
+    family = shipped.family
     key = jax.random.key(evaluate.EVALUATION_SEED + 1)
     prior, theta, data, mask = evaluate.simulate_datasets(family, key, NUM_DATASETS)
-    exact = jax.vmap(family.exact_posterior)(prior, data, mask).posterior
-    unchanged = evaluate.compare(exact, prior, theta, key)
+    unchanged = _accuracy(family, prior, prior, theta, data, mask, key)
     assert unchanged["mean_error"] > evaluate.TARGET["mean_error"]
-    approx = amortizer.posterior(data, mask, prior)
+    approx = shipped.posterior(data, mask, prior)
     wide = GaussianMixture(approx.log_weights, approx.means, scale_tril=1.2 * approx.scale_tril,
                            validate=False)
-    assert evaluate.compare(exact, wide, theta, key)["sd_error"] > evaluate.TARGET["sd_error"]
+    assert (_accuracy(family, wide, prior, theta, data, mask, key)["sd_error"]
+            > evaluate.TARGET["sd_error"])
 
 
 def test_prior_changed_at_test_time_inside_the_hyper_distribution(amortizer):
@@ -89,7 +106,7 @@ def test_prior_outside_the_hyper_distribution_warns(amortizer):
         assert amortizer.check_prior(inside) == []
 
 
-def test_speed_per_posterior_at_batch_256(amortizer):
-    timing = evaluate.time_posterior(amortizer, batch_size=256, repeats=5)
-    print(f"\n{amortizer.family.name}: {timing['ms_per_posterior']:.3f} ms per posterior")
+def test_speed_per_posterior_at_batch_256(shipped):
+    timing = evaluate.time_posterior(shipped, batch_size=256, repeats=5)
+    print(f"\n{shipped.family.name}: {timing['ms_per_posterior']:.3f} ms per posterior")
     assert timing["ms_per_posterior"] < 10.0
