@@ -37,8 +37,8 @@ DEMO_MODELS = [
 
 # Engines that contribute a section: "module:function" returning list[Section].
 ENGINE_SECTIONS = [
-    "ppl.inference.smc.demo:demo_section",
-    "ppl.inference.vi.demo:demo_section",
+    "ppl.diagnostics.smc_demo:demo_section",
+    "ppl.diagnostics.vi_demo:demo_section",
     "ppl.diagnostics.coverage_demo:demo_section",
 ]
 
