@@ -91,6 +91,10 @@ def _cmd_run(args) -> int:
     settings = _settings(args.set)
     if args.method == "particle_filter":
         settings.update(_state_space_inputs(args.model))
+    if args.checkpoint:
+        if args.method not in ("nuts", "hmc"):
+            raise SystemExit(f"--checkpoint works with --method nuts or hmc, got {args.method!r}.")
+        settings["checkpoint_dir"] = args.checkpoint
     post = ppl.infer(model, args.method, key=jax.random.key(args.seed), **settings)
     print(post)
     print(post.summary().to_string(max_rows=60))
@@ -175,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="engine settings, e.g. --set num_samples=500 num_chains=2")
     run.add_argument("--out", help="directory to save posterior.nc in")
     run.add_argument("--overwrite", action="store_true", help="replace an existing posterior.nc")
+    run.add_argument("--checkpoint", metavar="DIR",
+                     help="record the run in DIR as it goes; run again to resume (nuts, hmc)")
     run.set_defaults(func=_cmd_run)
 
     engines = sub.add_parser("engines", help="list the inference engines")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from ppl.inference.mcmc import kernels
 from ppl.inference.mcmc.adaptation import warmup_schedule, window_adaptation
+from ppl.inference.mcmc.checkpoint import RunCheckpoint, fingerprint
 
 from ppl.infer import as_key
 from ppl.model import AbstractModel
@@ -312,12 +313,16 @@ def _restart_stuck(chains, lp, positions, settings: _Settings):
     return chains, [message]
 
 
-def _run(model, key, positions, schedule, settings: _Settings, progress: bool):
+def _run(model, key, positions, schedule, settings: _Settings, progress: bool,
+         checkpoint: RunCheckpoint | None = None):
     """Run warm-up and sampling; returns host arrays (draws, stats, gradient count), the
-    final adaptation state and the stuck-chain messages."""
+    final adaptation state and the stuck-chain messages. With a ``checkpoint``, every chunk
+    is recorded and a recorded run continues where it stopped."""
     num_sampling = settings.num_samples * settings.thinning
     total = settings.num_warmup + num_sampling
-    chunk = _chunk_length(settings.num_warmup, num_sampling, progress)
+    # Checkpointed runs use ~100 chunks whether or not a bar is shown (the chunking does not
+    # change the draws, but a resumed run must cut the run where the first one did).
+    chunk = _chunk_length(settings.num_warmup, num_sampling, progress or checkpoint is not None)
     warm_steps, warm_real = _phase_steps(0, settings.num_warmup, chunk)
     sample_steps, sample_real = _phase_steps(settings.num_warmup, num_sampling, chunk)
     steps = np.concatenate([warm_steps, sample_steps])
@@ -330,10 +335,20 @@ def _run(model, key, positions, schedule, settings: _Settings, progress: bool):
     warm_chunks = len(warm_steps) // chunk
     chains = _init_chains(model, positions, settings)
     positions_out, stats_out, messages = [], [], []
-    done = 0
+    first = 0
+    if checkpoint is not None:
+        restored = checkpoint.load((chains, key))
+        if restored is not None:
+            template = chains
+            first, positions_out, stats_out, (chains, key), messages = restored
+            # The restored arrays go where the fresh ones live (chains sharded over devices).
+            chains = jax.tree_util.tree_map(lambda new, old: jax.device_put(new, old.sharding),
+                                            chains, template)
+    done = int(active[: first * chunk].sum())
     with ProgressBar(total if progress else 0,
                      desc=f"{settings.algorithm.upper()} (compiling)") as bar:
-        for c in range(num_chunks):
+        bar.update_to(done)
+        for c in range(first, num_chunks):
             if c == warm_chunks and settings.num_warmup and settings.stuck_chains != "ignore":
                 lp = np.concatenate([s["lp"] for s in stats_out])[warm_real]
                 where = np.concatenate(positions_out)[warm_real]
@@ -346,6 +361,8 @@ def _run(model, key, positions, schedule, settings: _Settings, progress: bool):
             chains, key, (pos, stats) = _run_chunk(model, chains, key, xs, settings)
             positions_out.append(np.asarray(pos))
             stats_out.append({k: np.asarray(v) for k, v in stats.items()})
+            if checkpoint is not None:
+                checkpoint.save(c, positions_out[-1], stats_out[-1], chains, key, messages)
             done += int(active[part].sum())
             bar.update_to(done, desc=settings.algorithm.upper())
     real = np.flatnonzero(active)
@@ -453,6 +470,7 @@ def sample(
     log_likelihood: bool | None = None,
     warn: bool = True,
     stuck_chains: str = "restart",
+    checkpoint_dir: str | None = None,
 ) -> Posterior:
     """Run NUTS (or HMC) with Stan's windowed adaptation on ``num_chains`` chains.
 
@@ -477,6 +495,12 @@ def sample(
             steps, a log mass over 10 nats below the best chain's). ``"restart"``
             (default): restart it for sampling from a healthy chain's state, and warn;
             ``"warn"``: keep it, and warn; ``"raise"``: refuse the run; ``"ignore"``.
+        checkpoint_dir: a directory where the run records itself after every chunk of about
+            1% of the steps (:mod:`ppl.inference.mcmc.checkpoint`); calling again with the
+            same arguments after an interruption (Ctrl-C, a killed process) resumes from the
+            last recorded chunk, and the draws equal an uninterrupted run's. A directory
+            holding another run (other settings, key, model, data or initial points) is
+            refused, naming what differs.
 
     Returns:
         A :class:`~ppl.Posterior` with draws shaped ``(chain, draw, ...)`` and per-draw
@@ -515,8 +539,11 @@ def sample(
             )
     positions = _shard_chains(positions)
     schedule = warmup_schedule(num_warmup)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = RunCheckpoint(checkpoint_dir, _manifest(model, key, settings, positions))
     draws, stats, num_grads, adaptation, stuck = _run(model, run_key, positions, schedule,
-                                                      settings, progress)
+                                                      settings, progress, checkpoint)
     for message in stuck if warn else []:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     z = jnp.asarray(draws)
@@ -545,6 +572,22 @@ def sample(
         log_likelihood=pointwise,
         unconstrained=np.asarray(z),
     )
+
+
+def _manifest(model, key, settings: _Settings, positions) -> dict[str, Any]:
+    """What a checkpointed run is: settings, key, the model (its kind, sites and a hash of
+    its arrays, data included) and the initial positions."""
+    arrays = [a for a in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
+              if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)]
+    return {
+        "settings": settings._asdict(),
+        "key": np.asarray(jax.random.key_data(as_key(key))).tolist(),
+        "model": type(model).__name__,
+        "sites": [[site.name, list(site.shape)] for site in getattr(model, "sites", ())],
+        "model_arrays": fingerprint(np.concatenate(
+            [np.ravel(np.asarray(a, np.float64)) for a in arrays]) if arrays else np.zeros(0)),
+        "initial_positions": fingerprint(np.asarray(positions, np.float64)),
+    }
 
 
 def sample_nuts(key, model, **settings) -> Posterior:
