@@ -92,8 +92,9 @@ def _cmd_run(args) -> int:
     if args.method == "particle_filter":
         settings.update(_state_space_inputs(args.model))
     if args.checkpoint:
-        if args.method not in ("nuts", "hmc"):
-            raise SystemExit(f"--checkpoint works with --method nuts or hmc, got {args.method!r}.")
+        if args.method not in ("nuts", "hmc", "smc"):
+            raise SystemExit(f"--checkpoint works with --method nuts, hmc or smc, got "
+                             f"{args.method!r}.")
         settings["checkpoint_dir"] = args.checkpoint
     post = ppl.infer(model, args.method, key=jax.random.key(args.seed), **settings)
     print(post)
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="directory to save posterior.nc in")
     run.add_argument("--overwrite", action="store_true", help="replace an existing posterior.nc")
     run.add_argument("--checkpoint", metavar="DIR",
-                     help="record the run in DIR as it goes; run again to resume (nuts, hmc)")
+                     help="record the run in DIR as it goes; run again to resume (nuts, hmc, smc)")
     run.set_defaults(func=_cmd_run)
 
     engines = sub.add_parser("engines", help="list the inference engines")

@@ -17,9 +17,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from ppl.inference.checkpoint import RunCheckpoint, describe_model, fingerprint
 from ppl.inference.mcmc import kernels
 from ppl.inference.mcmc.adaptation import warmup_schedule, window_adaptation
-from ppl.inference.mcmc.checkpoint import RunCheckpoint, fingerprint
 
 from ppl.infer import as_key
 from ppl.model import AbstractModel
@@ -340,7 +340,10 @@ def _run(model, key, positions, schedule, settings: _Settings, progress: bool,
         restored = checkpoint.load((chains, key))
         if restored is not None:
             template = chains
-            first, positions_out, stats_out, (chains, key), messages = restored
+            first, outputs, (chains, key), messages = restored
+            positions_out = [block["positions"] for block in outputs]
+            stats_out = [{name[len("stat_"):]: value for name, value in block.items()
+                          if name.startswith("stat_")} for block in outputs]
             # The restored arrays go where the fresh ones live (chains sharded over devices).
             chains = jax.tree_util.tree_map(lambda new, old: jax.device_put(new, old.sharding),
                                             chains, template)
@@ -362,7 +365,9 @@ def _run(model, key, positions, schedule, settings: _Settings, progress: bool,
             positions_out.append(np.asarray(pos))
             stats_out.append({k: np.asarray(v) for k, v in stats.items()})
             if checkpoint is not None:
-                checkpoint.save(c, positions_out[-1], stats_out[-1], chains, key, messages)
+                checkpoint.save(c, {"positions": positions_out[-1],
+                                    **{f"stat_{k}": v for k, v in stats_out[-1].items()}},
+                                (chains, key), messages)
             done += int(active[part].sum())
             bar.update_to(done, desc=settings.algorithm.upper())
     real = np.flatnonzero(active)
@@ -496,7 +501,7 @@ def sample(
             (default): restart it for sampling from a healthy chain's state, and warn;
             ``"warn"``: keep it, and warn; ``"raise"``: refuse the run; ``"ignore"``.
         checkpoint_dir: a directory where the run records itself after every chunk of about
-            1% of the steps (:mod:`ppl.inference.mcmc.checkpoint`); calling again with the
+            1% of the steps (:mod:`ppl.inference.checkpoint`); calling again with the
             same arguments after an interruption (Ctrl-C, a killed process) resumes from the
             last recorded chunk, and the draws equal an uninterrupted run's. A directory
             holding another run (other settings, key, model, data or initial points) is
@@ -575,19 +580,11 @@ def sample(
 
 
 def _manifest(model, key, settings: _Settings, positions) -> dict[str, Any]:
-    """What a checkpointed run is: settings, key, the model (its kind, sites and a hash of
-    its arrays, data included) and the initial positions."""
-    arrays = [a for a in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
-              if not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)]
-    return {
-        "settings": settings._asdict(),
-        "key": np.asarray(jax.random.key_data(as_key(key))).tolist(),
-        "model": type(model).__name__,
-        "sites": [[site.name, list(site.shape)] for site in getattr(model, "sites", ())],
-        "model_arrays": fingerprint(np.concatenate(
-            [np.ravel(np.asarray(a, np.float64)) for a in arrays]) if arrays else np.zeros(0)),
-        "initial_positions": fingerprint(np.asarray(positions, np.float64)),
-    }
+    """What a checkpointed run is: settings, key, the model and the initial positions."""
+    return {"settings": settings._asdict(),
+            "key": np.asarray(jax.random.key_data(as_key(key))).tolist(),
+            **describe_model(model),
+            "initial_positions": fingerprint(np.asarray(positions, np.float64))}
 
 
 def sample_nuts(key, model, **settings) -> Posterior:

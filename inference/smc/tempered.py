@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.mcmc.random_walk import RWState, build_additive_step
 from blackjax.mcmc.random_walk import init as rw_init
+from ppl.inference.checkpoint import RunCheckpoint, describe_model
 from ppl.inference.mcmc import kernels
 from ppl.inference.smc import base
 from ppl.inference.smc.resampling import get_resampler, normalize_log_weights
@@ -461,6 +462,7 @@ def sample_smc(
     initial_step_size: float | None = None,
     max_num_temperatures: int = 1000,
     progress_bar: bool | None = None,
+    checkpoint_dir: str | None = None,
 ) -> Posterior:
     """Adaptive tempered SMC from the prior to the posterior, with the log-evidence.
 
@@ -489,6 +491,11 @@ def sample_smc(
             ``dim^-1/4``, random walk ``2.38 / sqrt(dim)``).
         max_num_temperatures: stop with an error beyond this many temperatures.
         progress_bar: show a progress bar over the temperature (default: on a terminal).
+        checkpoint_dir: a directory where the run records itself after every temperature
+            (:mod:`ppl.inference.checkpoint`); calling again with the same arguments after an
+            interruption resumes from the last recorded temperature, with the same result as
+            an uninterrupted run. A directory holding another run is refused, naming what
+            differs.
 
     Returns:
         A :class:`~ppl.Posterior` with one chain of ``N`` equally weighted draws (``log_weights``
@@ -543,9 +550,21 @@ def sample_smc(
             "support and the data's units."
         )
     infos = []
+    k = 0
+    checkpoint = None
+    if checkpoint_dir is not None:
+        checkpoint = RunCheckpoint(checkpoint_dir, {
+            "engine": "smc", "settings": settings._asdict(),
+            "initial_step_size": float(initial_step_size),
+            "max_num_temperatures": int(max_num_temperatures),
+            "key": np.asarray(jax.random.key_data(as_key(key))).tolist(),
+            **describe_model(model)})
+        restored = checkpoint.load(state)
+        if restored is not None:
+            k, outputs, state, _ = restored
+            infos = [TemperedInfo(**block) for block in outputs]
     show = ProgressBar.wanted(progress_bar)
     with ProgressBar(1000 if show else 0, desc="SMC temperature x1000") as bar:
-        k = 0
         while float(state.temperature) < 1.0:
             if k >= max_num_temperatures:
                 raise ValueError(
@@ -563,6 +582,8 @@ def sample_smc(
                     "log-likelihood is -inf or NaN at every particle (a support error or NaN "
                     "in the data), or the moves produced invalid positions."
                 )
+            if checkpoint is not None:
+                checkpoint.save(k, info._asdict(), state)
             bar.update_to(int(1000 * float(state.temperature)))
             k += 1
     particles = state.particles

@@ -57,7 +57,7 @@ def test_a_killed_run_resumes_and_equals_an_uninterrupted_one(tmp_path):
     process.wait()
     completed = _completed(directory)
     assert 15 <= completed < 100, completed
-    first_chunk = directory / "chunk_00000.npz"
+    first_chunk = directory / "block_00000.npz"
     stamp = first_chunk.stat().st_mtime_ns
 
     model = models.get("eight_schools").build()
@@ -99,5 +99,5 @@ def test_cli_run_records_and_resumes(tmp_path, capsys):
     assert (tmp_path / "ck" / "state.npz").exists()
     assert cli.main(command) == 0
     assert capsys.readouterr().out == first
-    with pytest.raises(SystemExit, match="--checkpoint works with --method nuts or hmc"):
-        cli.main(command[:2] + ["--method", "smc"] + command[2:])
+    with pytest.raises(SystemExit, match="--checkpoint works with --method nuts, hmc or smc"):
+        cli.main(command[:2] + ["--method", "flow_vi"] + command[2:])
