@@ -11,20 +11,34 @@ engine on every ``model.with_data(y_i)`` through :func:`ppl.infer`, and then com
 
 each with a p-value and a verdict, plus the engine's own diagnostics per simulation.
 
-The simulations run in a host loop: engines reached through ``ppl.infer`` return a
-Posterior (host arrays), so they cannot be ``vmap``-ed over data sets. Because a model's
-data are pytree leaves and engines take the model as an argument of their compiled
-programs, the loop compiles once, on the first simulation; the driver counts backend
-compilations per simulation (``CoverageRun.num_compilations``) so that this is checked,
-not assumed. Finished simulations are written to ``out_dir/sims/`` one file each, so an
-interrupted run resumes where it stopped.
+Two ways to run the simulations, with the same result type and checks:
+
+- **Vectorised** (NUTS and HMC, the default where available): the simulations run in chunks
+  of ``chunk_size`` data sets, each chunk one compiled call of
+  :func:`ppl.inference.mcmc.batched.batched_sampler` under ``vmap`` (``with_data`` swaps
+  pytree leaves, so every chunk reuses the first chunk's program). With several devices the
+  chunk axis is sharded over them (``shard_map``: each device runs its own slice); the last
+  chunk, and a chunk not divisible by the device count, are padded with copies of a real
+  simulation whose results are dropped. Finished chunks are written to ``out_dir/chunks/``,
+  and a chunk's host work (diagnostics, checkpoint) overlaps the next chunk's computation.
+- **Host loop** (every other engine): engines reached through ``ppl.infer`` return a
+  Posterior (host arrays), so they cannot be ``vmap``-ed over data sets. Because a model's
+  data are pytree leaves and engines take the model as an argument of their compiled
+  programs, the loop compiles once, on the first simulation. Finished simulations are
+  written to ``out_dir/sims/``, one file each.
+
+Either way an interrupted run resumes where it stopped, and the driver counts backend
+compilations per simulation (``CoverageRun.num_compilations``; in the vectorised path a
+chunk's count goes to its first simulation) so that compiling once is checked, not assumed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,8 +54,9 @@ from ppl.diagnostics.tarp import TARPResult, tarp
 from ppl.infer import as_key, infer
 from ppl.model import AbstractModel
 from ppl.progress import ProgressBar
+from ppl.sharding import shard_leading_axis
 
-__all__ = ["CoverageRun", "coverage"]
+__all__ = ["BATCHED_METHODS", "DEFAULT_CHUNK_SIZE", "CoverageRun", "coverage"]
 
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 _COMPILES = [0]
@@ -309,8 +324,12 @@ def _save_atomic(path: Path, record: dict) -> None:
     os.replace(tmp, path)
 
 
-def _manifest(model, method, num_sims, key, settings, num_rank_draws) -> dict:
+def _manifest(model, method, num_sims, key, settings, num_rank_draws, chunk_size=None) -> dict:
+    # Host-loop manifests keep their old fields, so that their checkpoints still resume;
+    # a vectorised run adds its own, so that the two never mix.
+    extra = {} if chunk_size is None else {"vectorized": True, "chunk_size": int(chunk_size)}
     return _jsonable({
+        **extra,
         "method": method,
         "num_sims": int(num_sims),
         "key": np.asarray(jax.random.key_data(key)).tolist(),
@@ -320,6 +339,254 @@ def _manifest(model, method, num_sims, key, settings, num_rank_draws) -> dict:
         "model_fn": getattr(getattr(model, "model_fn", None), "__qualname__", None),
         "sites": [[s.name, list(s.shape)] for s in model.sites],
     })
+
+
+# -- the vectorised path -----------------------------------------------------------------------
+
+#: Engines with a batched runner (:mod:`ppl.inference.mcmc.batched`), by method name.
+BATCHED_METHODS = ("nuts", "hmc")
+#: Data sets per compiled call of the vectorised path (and per checkpoint file).
+DEFAULT_CHUNK_SIZE = 100
+# Settings of ppl.infer's NUTS/HMC that only shape its host-side output: nothing to run.
+_HOST_ONLY_SETTINGS = ("progress_bar", "log_likelihood", "warn")
+
+
+def _vectorized_unsupported(method: str, settings: dict) -> str | None:
+    """Why ``method`` with ``settings`` cannot run vectorised, or None when it can."""
+    from ppl.inference.mcmc.batched import SETTINGS
+
+    if method not in BATCHED_METHODS:
+        return f"method {method!r} (batched runners: {', '.join(BATCHED_METHODS)})"
+    unknown = sorted(set(settings) - set(SETTINGS) - set(_HOST_ONLY_SETTINGS) - {"algorithm"})
+    if unknown:
+        return f"setting(s) {unknown}, which the batched runner does not take"
+    return None
+
+
+def _resolve_vectorized(vectorized: Any, method: str, settings: dict) -> bool:
+    if isinstance(vectorized, np.bool_):
+        vectorized = bool(vectorized)
+    if not (isinstance(vectorized, bool) or vectorized == "auto"):
+        raise ValueError(f"Expected vectorized to be True, False or 'auto', got {vectorized!r}.")
+    reason = _vectorized_unsupported(method, settings)
+    if vectorized is True and reason is not None:
+        raise ValueError(
+            f"Expected an engine and settings with a batched runner for vectorized=True, got "
+            f"{reason}; use vectorized='auto' or False (the host loop)."
+        )
+    return bool(vectorized) if vectorized != "auto" else reason is None
+
+
+def _sampler_settings(method: str, settings: dict) -> dict:
+    """The batched runner's keyword arguments, its defaults filled in (they fix shapes)."""
+    from ppl.inference.mcmc.batched import batched_sampler
+
+    defaults = {name: p.default for name, p in inspect.signature(batched_sampler).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    chosen = {k: v for k, v in settings.items() if k not in _HOST_ONLY_SETTINGS}
+    if chosen.setdefault("algorithm", method) != method:
+        raise ValueError(f"Expected no algorithm setting other than the method {method!r}, "
+                         f"got algorithm={chosen['algorithm']!r}.")
+    return {**defaults, **chosen}
+
+
+@eqx.filter_jit
+def _vectorized_chunk(model, key_data, data, z_truth, kept_index, sampler_settings, key_impl,
+                      num_devices: int = 1):
+    """One chunk of simulations in one compiled call: per data set, the batched sampler,
+    the constrained draws, the thinned draws and their densities.
+
+    With several devices each runs the vmapped sampler on its own slice (``shard_map``):
+    the NUTS while-loops under ``vmap`` then stop when the device's own data sets are done,
+    where a partitioned ``vmap`` would agree on it across devices at every loop iteration.
+    """
+    from ppl.inference.mcmc.batched import batched_sampler
+
+    def one(key_data_i, data_i, z_truth_i):
+        local = model.with_data(data_i)
+        run = batched_sampler(local, **sampler_settings)(
+            jax.random.wrap_key_data(key_data_i, impl=key_impl))
+        num_chains, num_draws = run.draws.shape[:2]
+        values = jax.vmap(jax.vmap(local.to_constrained))(run.draws)
+        flat = lambda v: jnp.reshape(v, (num_chains, num_draws, -1))  # noqa: E731
+        # Every constrained value (deterministic sites too) for ESS and R-hat, as the host
+        # loop computes them on the Posterior's samples; the latent sites for the checks.
+        every = jnp.concatenate([flat(v) for v in values.values()], axis=-1)
+        latent = jnp.concatenate([flat(values[s.name]) for s in local.sites], axis=-1)
+        z_kept = run.draws.reshape(num_chains * num_draws, -1)[kept_index]
+        record = {
+            "draws": latent.reshape(num_chains * num_draws, -1)[kept_index],
+            "log_likelihood_draws": jax.vmap(local.log_likelihood)(z_kept),
+            "log_likelihood_truth": local.log_likelihood(z_truth_i),
+            "log_density_draws": jax.vmap(local.log_density)(z_kept),
+            "log_density_truth": local.log_density(z_truth_i),
+        }
+        return record, every, run.info
+
+    if num_devices == 1:
+        return jax.vmap(one)(key_data, data, z_truth)
+    spec = jax.sharding.PartitionSpec("sims")
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("sims",))
+    return jax.shard_map(jax.vmap(one), mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                         check_vma=False)(key_data, data, z_truth)
+
+
+def _per_sim_nan_reduce(fn, x: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():  # an all-NaN row is NaN, as in the host loop
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(x, axis=-1).astype(np.float64)
+
+
+def _chunk_diagnostics(every: np.ndarray, info, num_chains: int,
+                       warn: bool) -> dict[str, np.ndarray]:
+    """The host loop's ``diag_*`` entries for a chunk but the wall time, one value per
+    simulation.
+
+    ESS and rank-normalised R-hat come from :mod:`ppl.arviz_bridge` in one call per chunk
+    (the simulations side by side as extra coordinates)."""
+    from ppl import arviz_bridge
+
+    num, _, num_draws, width = every.shape
+    side_by_side = np.moveaxis(every, 0, 2).reshape(num_chains, num_draws, num * width)
+    min_ess = max_rhat = np.full(num, np.nan)
+    try:
+        min_ess = _per_sim_nan_reduce(np.nanmin, arviz_bridge.ess(side_by_side).reshape(num, width))
+        if num_chains > 1:
+            max_rhat = _per_sim_nan_reduce(
+                np.nanmax, arviz_bridge.rhat(side_by_side).reshape(num, width))
+    except Exception:  # diagnostics are best effort, as in the host loop
+        pass
+    divergences = np.asarray(info.num_divergences, np.float64)
+    # The messages the host driver would have emitted: stuck chains, divergences, R-hat.
+    num_warnings = (np.asarray(info.num_stuck_chains) > 0).astype(np.float64)
+    if warn:
+        num_warnings += divergences > 0
+        num_warnings += np.nan_to_num(max_rhat) > 1.01
+    return {
+        "diag_num_gradient_evals": np.asarray(info.num_gradient_evals, np.float64),
+        "diag_num_divergences": divergences,
+        "diag_num_warnings": num_warnings,
+        "diag_min_ess": min_ess,
+        "diag_max_rhat": max_rhat,
+    }
+
+
+def _check_chunk_info(info, sims: np.ndarray, sampler_settings: dict) -> None:
+    num_chains = sampler_settings["num_chains"]
+    no_start = sims[np.asarray(info.num_invalid_starts) >= num_chains]
+    if no_start.size:
+        raise ValueError(
+            f"The log-density (or its gradient) is NaN or -inf at every initial point tried "
+            f"for simulation(s) {no_start.tolist()}. Check the model: priors whose support "
+            "does not contain the data, parameters used outside their constraint."
+        )
+    stuck = sims[np.asarray(info.num_stuck_chains) > 0]
+    if stuck.size and sampler_settings["stuck_chains"] == "raise":
+        raise RuntimeError(
+            f"Stuck chain(s) at the end of warm-up in simulation(s) {stuck.tolist()} "
+            "(stuck_chains='raise'); use stuck_chains='restart' to restart them from a "
+            "healthy chain."
+        )
+
+
+def _run_vectorized(model, method, settings, sims_data, z_true, run_keys, num_rank_draws,
+                    chunk_size, chunks_dir, progress_bar):
+    """The chunked, vmapped simulations: ``(records, compiles)`` as the host loop gives."""
+    sampler_settings = _sampler_settings(method, settings)
+    num_chains, num_draws = sampler_settings["num_chains"], sampler_settings["num_samples"]
+    if num_chains * num_draws < num_rank_draws:
+        raise ValueError(
+            f"Expected the engine to return at least num_rank_draws={num_rank_draws} draws, "
+            f"got {num_chains * num_draws}; lower num_rank_draws or ask the engine for more "
+            "draws."
+        )
+    # The same draws as thin_draws keeps on the host, as flat (chain * draw) indices.
+    kept_index = thin_draws(np.arange(num_chains * num_draws).reshape(num_chains, num_draws),
+                            num_rank_draws)
+    num_sims = int(z_true.shape[0])
+    num_devices = len(jax.devices())
+    # Every call has the same padded batch (one compiled program), a multiple of the device
+    # count so that shard_leading_axis can split it.
+    batch = -(-min(chunk_size, num_sims) // num_devices) * num_devices
+    key_impl = jax.random.key_impl(run_keys)
+    key_data = np.asarray(jax.random.key_data(run_keys))
+    data_np = jax.tree_util.tree_map(np.asarray, sims_data)
+    z_np = np.asarray(z_true)
+    warn = bool(settings.get("warn", True))
+    compiles = np.full(num_sims, -1)
+    by_chunk: dict[int, dict] = {}
+    clock = [time.perf_counter()]
+
+    def finish(c, sims, path, outputs):
+        """Bring a dispatched chunk to the host, check it, add diagnostics, checkpoint it."""
+        record, every, info = outputs
+        real = slice(0, sims.size)  # the mask: the real simulations come first
+        info = jax.tree_util.tree_map(lambda x: np.asarray(x)[real], info)
+        _check_chunk_info(info, sims, sampler_settings)
+        stacked = {k: np.asarray(v)[real] for k, v in record.items()}
+        stacked.update(_chunk_diagnostics(np.asarray(every)[real], info, num_chains, warn))
+        # Chunks overlap (see below): a chunk's wall time is the clock's advance since the
+        # previous chunk finished, so that the times add up to the run's.
+        now = time.perf_counter()
+        stacked["diag_wall_time"] = np.full(sims.size, (now - clock[0]) / sims.size)
+        clock[0] = now
+        if path is not None:
+            _save_atomic(path, {**stacked, "sims": sims})
+        by_chunk[c] = stacked
+
+    num_chunks = -(-num_sims // chunk_size)
+    pending = None
+    with ProgressBar(num_sims if ProgressBar.wanted(progress_bar) else 0,
+                     desc=f"coverage ({method}, vectorised)") as bar:
+        for c in range(num_chunks):
+            sims = np.arange(c * chunk_size, min((c + 1) * chunk_size, num_sims))
+            path = None if chunks_dir is None else chunks_dir / f"chunk_{c:05d}.npz"
+            if path is not None and path.exists():
+                with np.load(path) as f:
+                    stacked = {k: f[k] for k in f.files}
+                if not np.array_equal(stacked.pop("sims"), sims):
+                    raise ValueError(f"Expected {path} to hold simulations {sims[0]}-{sims[-1]}, "
+                                     "got others; use another out_dir or resume=False.")
+                by_chunk[c] = stacked
+                clock[0] = time.perf_counter()
+            else:
+                before = _COMPILES[0]
+                # Padding repeats the chunk's last simulation; its results are dropped.
+                take = np.minimum(np.arange(batch), sims.size - 1) + sims[0]
+                inputs = jax.tree_util.tree_map(
+                    lambda x, take=take: shard_leading_axis(x[take], "sims"),
+                    (key_data, data_np, z_np))
+                # Dispatch is asynchronous: the previous chunk's host work (diagnostics,
+                # checkpoint) runs while this one computes.
+                outputs = _vectorized_chunk(
+                    model, *inputs, kept_index, sampler_settings, key_impl, num_devices)
+                compiles[sims] = 0
+                compiles[sims[0]] = _COMPILES[0] - before
+                if pending is not None:
+                    finish(*pending)
+                pending = (c, sims, path, outputs)
+            bar.update_to(sum(len(v["draws"]) for v in by_chunk.values()))
+        if pending is not None:
+            finish(*pending)
+            bar.update_to(num_sims)
+    records = [{k: v[j] for k, v in by_chunk[c].items()} for c in range(num_chunks)
+               for j in range(len(by_chunk[c]["draws"]))]
+    return records, compiles
+
+
+def _changed_fields(previous: dict, manifest: dict) -> list[str]:
+    """Fields that differ between two manifests; inside ``settings``, the setting names."""
+    changed = []
+    for k in sorted(manifest.keys() | previous.keys()):
+        old, new = previous.get(k), manifest.get(k)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed.extend(f"{k}.{sub}" for sub in sorted(old.keys() | new.keys())
+                           if old.get(sub) != new.get(sub))
+        else:
+            changed.append(k)
+    return changed
 
 
 def coverage(
@@ -334,6 +601,8 @@ def coverage(
     level: float = 0.01,
     num_bootstrap: int = 100,
     progress_bar: bool | None = None,
+    vectorized: bool | str = "auto",
+    chunk_size: int | None = None,
     **settings: Any,
 ) -> CoverageRun:
     """Calibration of an engine on data simulated from the model's prior predictive.
@@ -344,16 +613,24 @@ def coverage(
         method: an engine name for :func:`ppl.infer`.
         num_sims: number of simulated data sets.
         key: PRNG key (or int seed); the whole run is a deterministic function of it.
-        out_dir: where finished simulations are checkpointed (``out_dir/sims``); None to
-            keep everything in memory.
+        out_dir: where finished simulations are checkpointed (``out_dir/sims``, or
+            ``out_dir/chunks`` when vectorised); None to keep everything in memory.
         resume: reuse checkpoints in ``out_dir`` written by a run with the same settings.
         num_rank_draws: ``L``, draws kept per simulation (evenly thinned along chains, so
             MCMC draws are near-independent when ``L`` is at most the ESS).
         level: significance level of the verdicts.
         num_bootstrap: TARP bootstrap rounds.
         progress_bar: a bar over simulations (default: when stderr is a terminal).
+        vectorized: ``True``: run the simulations in vmapped chunks through the engine's
+            batched runner (NUTS and HMC; :mod:`ppl.inference.mcmc.batched`), refusing
+            engines and settings it does not cover; ``False``: one at a time through
+            :func:`ppl.infer`; ``"auto"`` (default): vectorised where it can be.
+        chunk_size: data sets per compiled call and per checkpoint when vectorised (default
+            :data:`DEFAULT_CHUNK_SIZE`); a resumed run must use the same.
         **settings: passed to the engine (for NUTS/HMC, ``progress_bar=False`` and
-            ``log_likelihood=False`` by default).
+            ``log_likelihood=False`` by default; vectorised, ``progress_bar`` and
+            ``log_likelihood`` are ignored and ``warn`` only decides what counts as a
+            warning).
 
     Returns:
         A :class:`CoverageRun`; ``run.verdicts`` and ``run.summary()``.
@@ -375,6 +652,12 @@ def coverage(
     if method in ("nuts", "hmc"):
         settings.setdefault("progress_bar", False)
         settings.setdefault("log_likelihood", False)
+    use_vectorized = _resolve_vectorized(vectorized, method, settings)
+    if chunk_size is None:
+        chunk_size = DEFAULT_CHUNK_SIZE
+    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+            or chunk_size < 1:
+        raise ValueError(f"Expected chunk_size to be an integer >= 1, got {chunk_size!r}.")
     key = as_key(key)
     _listen_to_compiles()
     prior_key, sim_key, run_key, check_key = jax.random.split(key, 4)
@@ -386,24 +669,32 @@ def coverage(
     sims_dir = None
     if out_dir is not None:
         out = Path(out_dir)
-        sims_dir = out / "sims"
+        sims_dir = out / ("chunks" if use_vectorized else "sims")
         sims_dir.mkdir(parents=True, exist_ok=True)
-        manifest = _manifest(model, method, num_sims, key, settings, num_rank_draws)
+        manifest = _manifest(model, method, num_sims, key, settings, num_rank_draws,
+                             int(chunk_size) if use_vectorized else None)
         manifest_path = out / "manifest.json"
         if manifest_path.exists() and resume:
             previous = json.loads(manifest_path.read_text())
             if previous != manifest:
-                changed = sorted(k for k in manifest if previous.get(k) != manifest[k])
+                changed = _changed_fields(previous, manifest)
                 raise ValueError(
                     f"Expected out_dir={str(out)!r} to hold a run with the same settings to "
                     f"resume, got one that differs in {changed}; use another out_dir or "
                     "resume=False."
                 )
         elif not resume:
-            for stale in sims_dir.glob("sim_*.npz"):
-                stale.unlink()
+            for pattern in ("sims/sim_*.npz", "chunks/chunk_*.npz"):
+                for stale in out.glob(pattern):
+                    stale.unlink()
         manifest_path.write_text(json.dumps(manifest, indent=1))
 
+    if use_vectorized:
+        records, compiles = _run_vectorized(
+            model, method, settings, data, z_true, run_keys, int(num_rank_draws),
+            int(chunk_size), sims_dir, progress_bar)
+        return _assemble(method, names, truths, records, compiles, settings, check_key,
+                         level, num_bootstrap)
     unconstrain = _unconstrain_fn(model)
     records, compiles = [], np.full(num_sims, -1)
     with ProgressBar(num_sims if ProgressBar.wanted(progress_bar) else 0,

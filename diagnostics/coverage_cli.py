@@ -2,7 +2,10 @@
 
 MODEL is a zoo name (``ppl.models.names()``) or ``module:function``, naming either a
 function that returns a ppl Model or a NumPyro model function that needs no arguments
-(built with ``ppl.from_numpyro``). The exit status is 0 when every check passes.
+(built with ``ppl.from_numpyro``). ``--vectorized`` / ``--no-vectorized`` and
+``--chunk-size K`` choose how the data sets run (see
+:func:`ppl.diagnostics.coverage.coverage`; default: vectorised where the engine can be).
+The exit status is 0 when every check passes.
 """
 
 from __future__ import annotations
@@ -41,6 +44,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    p.add_argument("--vectorized", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the data sets in vmapped chunks (NUTS, HMC) or one at a time "
+                   "(default: vectorised where the engine has a batched runner)")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="data sets per compiled call and checkpoint when vectorised "
+                   "(default 100)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="engine setting (JSON value), e.g. --set num_samples=500")
     p.set_defaults(run=run)
@@ -58,7 +67,8 @@ def run(args) -> int:
     result = coverage(
         model, args.method, num_sims=args.num_sims, key=args.seed, out_dir=args.out,
         resume=not args.no_resume, num_rank_draws=args.num_rank_draws,
-        progress_bar=True, **_settings(args.set),
+        progress_bar=True, vectorized="auto" if args.vectorized is None else args.vectorized,
+        chunk_size=args.chunk_size, **_settings(args.set),
     )
     summary = write_report(result, args.out, title=f"Calibration of {args.model}")
     for section in ("tarp", "sbc", "coverage"):

@@ -11,6 +11,7 @@ MODULES = [
     "ppl.inference.vi.flow", "ppl.inference.mcmc.kernels", "ppl.diagnostics.coverage",
     "ppl.diagnostics.tarp", "ppl.models.posteriordb", "ppl.models.zoo", "ppl.models.lm.reward",
     "ppl.models.lm.testbed.prm", "ppl.inference.amortized", "ppl.inference.amortized.gmm",
+    "ppl.inference.mcmc.batched",
 ]
 
 
