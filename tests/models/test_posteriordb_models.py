@@ -68,15 +68,16 @@ def _evaluate(name: str, model):
 CENTERED = "eight_schools-eight_schools_centered"
 
 
-# gp_pois_regr: evaluating this batch in one program hangs inside XLA on CPU (jax 0.10.2; all
-# threads idle), intermittently, in full-suite runs only: four times now. The fourth time
-# (2026-11-23) the process held only 3,800 memory mappings, so it is not the map exhaustion
-# that crashed an LM compilation (tests/conftest.py). Skipped until reduced to a report.
+# gp_pois_regr: evaluating the gradient at all 10,000 reference draws in one vmapped program
+# hangs inside XLA on CPU (jaxlib 0.10.2; every thread idle; a batched triangular solve in
+# the stack), intermittently and only in full-suite runs, with few memory mappings held (so
+# not the map exhaustion of tests/conftest.py). No reduced reproduction exists yet.
 _HANGS = {"gp_pois_regr-gp_pois_regr"}
+_HANG_REASON = "intermittent XLA CPU hang in this GP's 10,000-draw vmapped gradient (_HANGS)"
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.skip(reason="intermittent XLA CPU hang (session note)"))
+    pytest.param(n, marks=pytest.mark.skip(reason=_HANG_REASON))
     if n in _HANGS else n
     for n in sorted(POSTERIORS)
 ])
