@@ -307,7 +307,7 @@ def fit(
     num_layers: int = 4,
     width: int = 32,
     depth: int = 1,
-    base: str = "student_t",
+    base: str = "normal",
     num_steps: int = 4000,
     num_samples: int = 16,
     learning_rate: float = 1e-2,
@@ -324,8 +324,8 @@ def fit(
         model: a ppl Model with continuous latents.
         flow: ``"maf"`` (default), ``"spline"``, ``"bnaf"`` or ``"planar"``.
         num_layers, width, depth: flow architecture (see ``flows.make_flow``).
-        base: the flow's base distribution, ``"student_t"`` (default; its tails are
-            learned) or ``"normal"`` (see ``flows.make_flow``).
+        base: the flow's base distribution, ``"normal"`` (default) or ``"student_t"``
+            (heavier tails, learned; see ``flows.make_flow``).
         num_steps: maximum optimiser steps.
         num_samples: Monte Carlo draws per ELBO estimate.
         learning_rate: peak Adam learning rate (warm-up then cosine decay).
@@ -591,13 +591,21 @@ def _to_posterior(result: FlowVIResult, key, model, num_draws, importance_resamp
     )
 
 
+# ``ppl.infer``'s flow VI refits with a Student-t base when the Gaussian one's k-hat is above
+# this (PSIS's "good" region ends at 0.5; 0.7 is where its estimates become unreliable).
+RETRY_KHAT = 0.5
+
+
 def fit_flow_vi(key, model: AbstractModel, *, num_draws: int = 2000,
                 importance_resample: bool = True, num_proposals: int | None = None,
                 warn: bool = True, **settings) -> Posterior:
     """``ppl.infer(model, method="flow_vi", key=...)``: fit a flow, return draws from it.
 
     Settings are those of :func:`fit`, plus ``num_draws``, ``importance_resample``,
-    ``num_proposals`` and ``warn``. By default (``importance_resample=True``) the draws are
+    ``num_proposals`` and ``warn``; ``base="auto"`` (the default here) fits a Gaussian-based
+    flow and, when its k-hat is above :data:`RETRY_KHAT`, a Student-t-based one too, keeping
+    the lower k-hat (``meta["base"]``, ``meta["bases_tried"]``); ``"normal"`` or
+    ``"student_t"`` fits that one only. By default (``importance_resample=True``) the draws are
     PSIS-resampled, as Pathfinder's are (Zhang et al. 2022): ``num_proposals`` draws from
     ``q`` (default ``4 * num_draws``) are weighted by ``p / q``, the weights Pareto-smoothed,
     and ``num_draws`` of them kept by systematic resampling. This corrects the
@@ -623,7 +631,33 @@ def fit_flow_vi(key, model: AbstractModel, *, num_draws: int = 2000,
     """
     num_draws = _check_int("num_draws", num_draws, 10)
     fit_key, draw_key = jax.random.split(as_key(key))
-    result = fit(fit_key, model, **settings)
-    return result.posterior(draw_key, model, num_draws=num_draws,
-                            importance_resample=importance_resample,
-                            num_proposals=num_proposals, warn=warn)
+    base = settings.pop("base", "auto")
+    if base not in ("auto", *_flows.FLOW_BASES):
+        raise ValueError(f"Expected base in {('auto', *_flows.FLOW_BASES)}, got {base!r}.")
+
+    def fit_and_draw(base_kind, warn_now):
+        result = fit(fit_key, model, base=base_kind, **settings)
+        return result.posterior(draw_key, model, num_draws=num_draws,
+                                importance_resample=importance_resample,
+                                num_proposals=num_proposals, warn=warn_now)
+
+    if base != "auto":
+        post = fit_and_draw(base, warn)
+        post.meta["base"] = base
+        return post
+    # A Gaussian base first; where its importance weights are poor (k-hat above
+    # RETRY_KHAT), the tails are the usual culprit (a flow keeps its base's tails), and a
+    # Student-t base is fitted too; the one with the lower k-hat is kept.
+    post = fit_and_draw("normal", False)
+    tried = {"normal": float(post.meta["khat"])}
+    chosen = "normal"
+    if tried["normal"] > RETRY_KHAT:
+        heavy = fit_and_draw("student_t", False)
+        tried["student_t"] = float(heavy.meta["khat"])
+        if tried["student_t"] < tried["normal"]:
+            post, chosen = heavy, "student_t"
+    for message in post.meta.get("warnings", []) if warn else []:  # the chosen fit's, once
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    post.meta["base"] = chosen
+    post.meta["bases_tried"] = tried
+    return post

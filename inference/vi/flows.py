@@ -57,7 +57,7 @@ def make_flow(
     depth: int = 1,
     knots: int = 8,
     interval: float = 4.0,
-    base: str = "student_t",
+    base: str = "normal",
 ) -> Transformed:
     """A flowjax flow on ``R^dim``, ``invert=False``.
 
@@ -69,13 +69,14 @@ def make_flow(
         width: hidden width of the conditioner networks (block size for ``"bnaf"``).
         depth: hidden layers of the conditioner networks.
         knots, interval: spline settings (``"spline"`` only).
-        base: the base distribution, ``"student_t"`` (default: independent Student-t
-            coordinates, degrees of freedom starting at 10 and trained with the flow) or
-            ``"normal"`` (standard normal). Flows with Lipschitz layers keep their base's
-            tails (Jaini et al. 2020): from a Gaussian base a posterior with heavier tails
-            than Gaussian (a scale parameter, a small data set) is fitted with too light
-            ones, which the importance weights of PSIS see as a k-hat above 0.5 (0.5-0.8 on a
-            3-parameter regression) where a Student-t base gives 0.1-0.3.
+        base: the base distribution, ``"normal"`` (default: standard normal) or
+            ``"student_t"`` (independent Student-t coordinates, degrees of freedom starting
+            at 10 and trained with the flow; slower to compile and to sample). Flows with
+            Lipschitz layers keep their base's tails (Jaini et al. 2020): from a Gaussian
+            base a posterior with heavier tails than Gaussian (a scale parameter, a small
+            data set) is fitted with too light ones, which the importance weights of PSIS
+            see as a k-hat above 0.5 (0.5-0.8 on a 3-parameter regression) where a Student-t
+            base gives 0.1-0.3.
     """
     if kind not in FLOW_KINDS:
         raise ValueError(f"Expected flow kind in {FLOW_KINDS}, got {kind!r}.")
