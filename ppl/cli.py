@@ -19,6 +19,7 @@ __all__ = ["main", "resolve_model"]
 _PLUGINS = {
     "coverage": "ppl.diagnostics.coverage_cli",
     "amortize": "ppl.inference.amortized.cli",
+    "anesi": "ppl.inference.amortized.anesi.cli",
 }
 # ``ppl lm`` gathers the commands of the language-model testbed and of the algorithms, which
 # do not import each other: module -> its add_commands(lm_subparsers).
