@@ -22,7 +22,7 @@ dividing each row by its diagonal entry).
 Registered families (:func:`get_family`, :func:`family_names`): ``gaussian_mean_1d``,
 ``gaussian_mean_2d``, ``gaussian_mean_3d`` (``x_i ~ N(theta, 1)``) and
 ``linear_regression`` (three coefficients, ``y = beta_0 + beta_1 t + beta_2 t^2 + eps``),
-``linear_regression_4`` (cubic), both conjugate; and ``logistic_regression``
+``linear_regression_4`` (cubic), all conjugate; and ``logistic_regression``
 (``y_i ~ Bernoulli(sigmoid(beta_0 + beta_1 z_1 + beta_2 z_2))``, ``z ~ N(0, I_2)``), which
 is not: its accuracy is judged against importance-sampled reference posteriors
 (:mod:`~ppl.inference.amortized.reference`) and NUTS.
