@@ -102,7 +102,7 @@ def make_flow(
 _STATIC_TEMPLATES: dict = {}
 
 
-def _make_flow(key, dim, kind, num_layers, width, depth, knots, interval, base_kind):
+def _make_flow(key, dim, kind, num_layers, width, depth, knots, interval, base_kind="normal"):
     base = (StudentT(df=jnp.full((dim,), INITIAL_DF)) if base_kind == "student_t"
             else StandardNormal((dim,)))
     if kind == "maf":
