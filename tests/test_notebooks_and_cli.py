@@ -35,7 +35,7 @@ def test_sequential_amortized_notebook_executes():
 def test_cli_run_prints_a_summary_and_saves(tmp_path, capsys):
     code = cli.main(["run", "conjugate_normal", "--method", "nuts", "--out", str(tmp_path),
                      "--set", "num_chains=2", "num_warmup=100", "num_samples=100",
-                     "progress_bar=false"])
+                     "progress_bar=false", "warn=false"])
     out = capsys.readouterr().out
     assert code == 0
     assert "mu" in out and "r_hat" in out

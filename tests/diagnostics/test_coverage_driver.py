@@ -46,6 +46,11 @@ def closed_form_engine():
     ppl.register_engine("test_closed_form", f"{module.__name__}:closed_form",
                         "closed-form conjugate normal posterior (tests only)")
     yield
+    # Leave the registry as found: the contract test checks every registered engine.
+    from ppl import registry
+
+    registry._ENGINES.pop("test_closed_form", None)
+    sys.modules.pop(module.__name__, None)
 
 
 def test_nuts_on_conjugate_normal_passes_and_compiles_once(tmp_path):
