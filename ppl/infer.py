@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -11,7 +14,59 @@ from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.registry import get_engine
 
-__all__ = ["infer", "as_key"]
+__all__ = ["infer", "as_key", "UnknownSettingError"]
+
+
+class UnknownSettingError(TypeError, ValueError):
+    """A setting an engine does not take (a ``TypeError``, as Python's own for an unknown
+    keyword, and a ``ValueError``, the user errors the command line reports in one line)."""
+
+
+def _known_settings(engine: Callable) -> set[str] | None:
+    """The setting names ``engine`` takes: its keyword parameters, following ``**settings``
+    into the functions listed in its ``settings_from`` attribute, less the names in its
+    ``settings_fixed`` (those it passes itself); None when they cannot be known."""
+    names, todo, seen, fixed = set(), [engine], set(), set()
+    while todo:
+        fn = todo.pop()
+        if id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        try:
+            parameters = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        fixed |= set(getattr(fn, "settings_fixed", ()))
+        for p in parameters:
+            if p.kind is p.KEYWORD_ONLY or (
+                p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty
+            ):
+                names.add(p.name)
+            elif p.kind is p.VAR_KEYWORD:
+                forwards = getattr(fn, "settings_from", None)
+                if forwards is None:
+                    return None
+                todo.extend(forwards)
+    return names - fixed - {"key", "model"}
+
+
+def _check_settings(method: str, engine: Callable, settings: dict) -> None:
+    """Refuse a setting ``engine`` does not take, naming it and the close matches."""
+    known = _known_settings(engine)
+    if known is None:
+        return
+    unknown = sorted(set(settings) - known)
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+        parts.append(f"{name!r} (did you mean {' or '.join(map(repr, close))}?)" if close
+                     else repr(name))
+    raise UnknownSettingError(
+        f"Unknown setting(s) for method {method!r}: {', '.join(parts)}. Its settings are: "
+        f"{', '.join(sorted(known))}."
+    )
 
 
 def as_key(key: Any) -> jax.Array:
@@ -40,6 +95,9 @@ def infer(model: AbstractModel, method: str = "nuts", *, key: Any, **settings: A
     Returns:
         A :class:`~ppl.Posterior`.
 
+    Raises:
+        UnknownSettingError: a setting the engine does not take (the close matches named).
+
     Example:
         >>> import jax, jax.numpy as jnp, ppl
         >>> m = ppl.from_logdensity(lambda x: -0.5 * jnp.sum(x**2), jnp.zeros(2))
@@ -54,4 +112,5 @@ def infer(model: AbstractModel, method: str = "nuts", *, key: Any, **settings: A
             "Expected a ppl Model (build one with ppl.from_numpyro or ppl.from_logdensity), "
             f"got {type(model).__name__}."
         )
+    _check_settings(method, engine, settings)
     return engine(as_key(key), model, **settings)

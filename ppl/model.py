@@ -129,6 +129,14 @@ class AbstractModel(eqx.Module):
         }
 
 
+def check_finite_data_tree(data: Any, prefix: str = "data") -> None:
+    """:func:`check_finite_data` on every concrete leaf of a pytree of data, each named by
+    its path (``data['y']``); traced leaves (under ``jax.jit``) are skipped."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(data):
+        if not isinstance(leaf, jax.core.Tracer):
+            check_finite_data(prefix + jax.tree_util.keystr(path), leaf)
+
+
 def check_finite_data(name: str, value: Any) -> None:
     """Raise if observed data contains NaN or inf (it would silently poison the density)."""
     arr = np.asarray(value)
@@ -209,6 +217,7 @@ class LogDensityModel(AbstractModel):
     def with_data(self, data):
         if self.data is None:
             raise ValueError("This model was built without data; nothing to swap.")
+        check_finite_data_tree(data)
         return eqx.tree_at(lambda m: m.data, self, data)
 
 
@@ -243,7 +252,12 @@ def from_logdensity(
         raise TypeError(f"Expected a callable logdensity_fn, got {type(logdensity_fn).__name__}.")
     flat, unravel = jax.flatten_util.ravel_pytree(initial_position)
     if flat.size == 0:
-        raise ValueError("Expected a non-empty initial_position, got one with no array leaves.")
+        raise ValueError(
+            "Expected a non-empty initial_position, got one with no array leaves: the model "
+            "has no latent parameters to infer. Pass a pytree of arrays, e.g. jnp.zeros(dim)."
+        )
+    if data is not None:
+        check_finite_data_tree(data)
     flat = jnp.asarray(flat, dtype=jnp.result_type(float))
     leaves_with_path = jax.tree_util.tree_leaves_with_path(initial_position)
     sites, offset = [], 0

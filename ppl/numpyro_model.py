@@ -366,7 +366,12 @@ def from_numpyro(model_fn: Callable, *args: Any, **kwargs: Any) -> NumPyroModel:
         sites.append(SiteInfo(name, shape, unconstrained_shape, offset, size))
         offset += size
     if not sites:
-        raise ValueError(f"Model '{model_fn.__name__}' has no latent sample sites to infer.")
+        raise ValueError(
+            f"Model '{getattr(model_fn, '__name__', model_fn)}' has no latent sample sites to "
+            "infer: every numpyro.sample site has obs= data. Add a latent site (a "
+            "numpyro.sample without obs=), or evaluate a fixed model's likelihood with "
+            "numpyro.infer.util.log_density instead of ppl.infer."
+        )
     observed_names, observed_shapes, observed_size = [], [], 0
     for site in _observed_sites(trace):
         if not isinstance(site["value"], jax.ShapeDtypeStruct):  # data, not derived values

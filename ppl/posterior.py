@@ -151,18 +151,60 @@ class Posterior:
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path, *, overwrite: bool = False) -> None:
-        """Save to netCDF (through ArviZ/xarray). Refuses to overwrite unless asked."""
+        """Save to netCDF (through ArviZ/xarray). Refuses to overwrite unless asked.
+
+        Raises:
+            FileExistsError: ``path`` exists and ``overwrite`` is False.
+            IsADirectoryError: ``path`` is a directory.
+            PermissionError: ``path`` cannot be written (its directory is missing, is not a
+                directory, or is read-only); checked before anything is converted.
+        """
         import os
 
+        if os.path.isdir(path):
+            raise IsADirectoryError(
+                f"Cannot save to {path}: it is a directory; pass a file path such as "
+                f"{os.path.join(path, 'posterior.nc')}."
+            )
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            why = "does not exist" if not os.path.exists(directory) else "is not a directory"
+            raise PermissionError(
+                f"Cannot save to {path}: its directory {directory} {why}. Create the directory "
+                "first, or choose another path."
+            )
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"Cannot save to {path}: its directory {directory} is not writable. Choose a "
+                "writable directory."
+            )
         from ppl import arviz_bridge
 
-        arviz_bridge.save(self, path)
+        try:
+            arviz_bridge.save(self, path)
+        except OSError as error:
+            # h5py's words ("Unable to synchronously create file ...") end in errno codes.
+            raise PermissionError(
+                f"Cannot save to {path}: {error.strerror or error}. Choose a writable path."
+            ) from error
 
 
 def load(path) -> Posterior:
-    """Load a Posterior written by :meth:`Posterior.save`."""
+    """Load a Posterior written by :meth:`Posterior.save`.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a file ppl did not write (another format, a truncated file, a netCDF
+            file without ppl's groups); the message names the file.
+    """
+    import os
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"No file {path} to load; ppl.load reads the files Posterior.save writes."
+        )
     from ppl import arviz_bridge
 
     return arviz_bridge.load(path)

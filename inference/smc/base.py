@@ -108,7 +108,11 @@ def check_ess_threshold(ess_threshold: float) -> float:
 
 def check_num_particles(num_particles: int, name: str = "num_particles") -> int:
     """Refuse zero or negative particle counts (and non-integers)."""
-    if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
+    try:
+        integral = not isinstance(num_particles, bool) and int(num_particles) == num_particles
+    except (TypeError, ValueError):  # None, a string, an array of several values
+        integral = False
+    if not integral or num_particles < 1:
         raise ValueError(f"Expected {name} to be a positive integer, got {num_particles!r}.")
     return int(num_particles)
 

@@ -114,7 +114,7 @@ def run_particle_engine(
         raise TypeError(f"Expected a ppl Model, got {type(model).__name__}.")
     if model.discrete_sites:
         raise ValueError(f"{engine} needs continuous latents; got discrete site(s) "
-                         f"{list(model.discrete_sites)}.")
+                         f"{list(model.discrete_sites)}: marginalise them out in the model.")
     num_particles = _check_int("num_particles", num_particles, 2)
     num_iterations = _check_int("num_iterations", num_iterations)
     chunk_size = min(_check_int("chunk_size", chunk_size), num_iterations)

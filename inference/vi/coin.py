@@ -149,3 +149,8 @@ def sample_coin_svgd(key, model, **settings):
 def sample_coin_ksdd(key, model, **settings):
     """``ppl.infer(model, method="coin_ksdd", ...)``: settings as :func:`sample_coin_svgd`."""
     return run_particle_engine(key, model, "coin_ksdd", coin_ksdd, **settings)
+
+
+# Where the engines' ``**settings`` go (``ppl.infer`` checks setting names against them).
+sample_coin_svgd.settings_from = sample_coin_ksdd.settings_from = (run_particle_engine,)
+sample_coin_svgd.settings_fixed = sample_coin_ksdd.settings_fixed = ("algorithm_settings",)

@@ -354,7 +354,7 @@ def fit(
         raise TypeError(f"Expected a ppl Model, got {type(model).__name__}.")
     if model.discrete_sites:
         raise ValueError(f"Flow VI needs continuous latents; got discrete site(s) "
-                         f"{list(model.discrete_sites)}.")
+                         f"{list(model.discrete_sites)}: marginalise them out in the model.")
     num_steps = _check_int("num_steps", num_steps)
     num_samples = _check_int("num_samples", num_samples)
     chunk_size = _check_int("chunk_size", min(chunk_size, num_steps))
@@ -661,3 +661,7 @@ def fit_flow_vi(key, model: AbstractModel, *, num_draws: int = 2000,
     post.meta["base"] = chosen
     post.meta["bases_tried"] = tried
     return post
+
+
+# Where the engine's ``**settings`` go (``ppl.infer`` checks setting names against them).
+fit_flow_vi.settings_from = (fit,)

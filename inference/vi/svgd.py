@@ -59,3 +59,8 @@ def sample_svgd(key, model, *, step_size: float = 0.1, **settings):
         key, model, "svgd", svgd,
         algorithm_settings={"step_size": float(step_size)}, **settings,
     )
+
+
+# Where the engine's ``**settings`` go (``ppl.infer`` checks setting names against them).
+sample_svgd.settings_from = (run_particle_engine,)
+sample_svgd.settings_fixed = ("algorithm_settings",)
