@@ -1,8 +1,11 @@
 """The NUTS/HMC driver behind ``ppl.infer(model, method="nuts" | "hmc")``.
 
 Chains run vectorised (``vmap``), warm-up and sampling share one ``lax.scan`` (so the
-kernel is compiled once), and when several devices are visible the chain axis is sharded
-over them. The model is an *argument* of the compiled program, so a second data set of
+kernel is compiled once), and the chain axis is sharded over the devices of ``devices=``
+(default: all of them, every process's under ``jax.distributed``; :mod:`ppl.sharding`).
+A chain count that does not divide by the device count is padded with copies of the last
+chain, which are dropped on the host; chains never interact, so the draws equal an
+unsharded run's. The model is an *argument* of the compiled program, so a second data set of
 the same shapes, or a second call with other keys, reuses the compiled program.
 """
 
@@ -25,7 +28,7 @@ from ppl.infer import as_key
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
-from ppl.sharding import shard_leading_axis
+from ppl.sharding import DevicesLike, Placement, gather_to_host, resolve_devices, shard_batch
 
 __all__ = ["sample", "sample_nuts", "sample_hmc", "find_initial_positions",
            "find_stuck_chains"]
@@ -185,7 +188,7 @@ def _init_chains(model, positions, settings: _Settings):
 
 
 @eqx.filter_jit
-def _run_chunk(model, chains, key, xs, settings: _Settings):
+def _run_chunk(model, chains, key, xs, settings: _Settings, placement: Placement | None = None):
     """Advance all chains over one chunk of steps (warm-up and sampling alike).
 
     ``xs = (step, is_slow, is_window_end, active)`` per step; inactive steps (padding of the
@@ -193,14 +196,44 @@ def _run_chunk(model, chains, key, xs, settings: _Settings):
     whole run is one chunk without a progress bar; with one, ~100 chunks driven from Python.
     The compiled program has no host callback, so JAX's persistent cache can store it either
     way.
+
+    With a ``placement`` every device runs the whole chunk on its own slice of the chains
+    (``shard_map``), so NUTS's while-loops under ``vmap`` stop when the device's own chains
+    are done: a partitioned ``vmap`` would agree on that across all devices (and processes)
+    at every iteration. The chunk then needs no communication at all; every device draws
+    all the chain keys and keeps its own.
     """
     _, chain_step = _chain_functions(model, settings)
+    if placement is None:
+        return _scan_chains(chain_step, chains, key, xs, settings, 0, 1)
+    spec = jax.sharding.PartitionSpec(placement.axis_name)
+    whole = jax.sharding.PartitionSpec()
+    out_spec = jax.sharding.PartitionSpec(None, placement.axis_name)  # (step, chain, ...)
+
+    def local(chains, key, xs):
+        index = jax.lax.axis_index(placement.axis_name)
+        return _scan_chains(chain_step, chains, key, xs, settings, index,
+                            placement.num_devices)
+
+    return jax.shard_map(local, mesh=placement.mesh, in_specs=(spec, whole, whole),
+                         out_specs=(spec, whole, out_spec), check_vma=False)(chains, key, xs)
+
+
+def _scan_chains(chain_step, chains, key, xs, settings: _Settings, shard_index, num_shards):
+    """The scan of :func:`_run_chunk` over the chains held here: rows ``shard_index *
+    rows : (shard_index + 1) * rows`` of ``num_shards * rows`` (padding included)."""
+    rows = jax.tree_util.tree_leaves(chains)[0].shape[0]
+    num_rows = rows * num_shards
+    # Padding chains (copies of the last chain) reuse its keys, so they stay copies.
+    take = jnp.minimum(shard_index * rows + jnp.arange(rows), settings.num_chains - 1)
 
     def scan_step(carry, x):
         chains, key = carry
         i, is_slow, is_window_end, active = x
         next_key, step_key = jax.random.split(key)
         chain_keys = jax.random.split(step_key, settings.num_chains)
+        if num_shards > 1 or num_rows != settings.num_chains:
+            chain_keys = chain_keys[take]
         # Padding steps do not advance the key: the draws do not depend on the chunking.
         # (Keys folded with the step index instead changed the rounding with the device count.)
         key = jax.random.wrap_key_data(
@@ -299,10 +332,12 @@ def _restart_stuck(chains, lp, positions, settings: _Settings):
         message = (f"Stuck chain(s) at the end of warm-up: {what}; kept as they are "
                    "(stuck_chains='warn'): the draws are likely wrong.")
     else:
-        index = np.arange(settings.num_chains)
+        index = np.arange(jax.tree_util.tree_leaves(chains)[0].shape[0])  # padding included
         index[stuck] = sources
+        index[settings.num_chains:] = index[settings.num_chains - 1]  # padding stays a copy
         take = jnp.asarray(index)
-        chains = jax.tree_util.tree_map(lambda x: x[take], chains)
+        # Kept where the chains live (sharded over the devices).
+        chains = jax.tree_util.tree_map(lambda x: jax.device_put(x[take], x.sharding), chains)
         message = (
             f"Stuck chain(s) at the end of warm-up: {what}; restarted from "
             + ", ".join(f"chain {s}" for s in sources)
@@ -314,10 +349,22 @@ def _restart_stuck(chains, lp, positions, settings: _Settings):
 
 
 def _run(model, key, positions, schedule, settings: _Settings, progress: bool,
-         checkpoint: RunCheckpoint | None = None):
+         checkpoint: RunCheckpoint | None = None, devices: DevicesLike = None):
     """Run warm-up and sampling; returns host arrays (draws, stats, gradient count), the
     final adaptation state and the stuck-chain messages. With a ``checkpoint``, every chunk
-    is recorded and a recorded run continues where it stopped."""
+    is recorded and a recorded run continues where it stopped.
+
+    ``positions`` may hold padding rows after the ``settings.num_chains`` real ones (see
+    :func:`ppl.sharding.shard_batch`); every host array returned holds the real ones only.
+    """
+    num_chains = settings.num_chains
+    placement = resolve_devices(devices, "chain")
+    placement = placement if placement.num_devices > 1 else None
+
+    def real_rows(tree):
+        # Checkpoints hold the real chains only, so a run resumes on another device count.
+        return jax.tree_util.tree_map(lambda x: gather_to_host(x)[:num_chains], tree)
+
     num_sampling = settings.num_samples * settings.thinning
     total = settings.num_warmup + num_sampling
     # Checkpointed runs use ~100 chunks whether or not a bar is shown (the chunking does not
@@ -337,10 +384,11 @@ def _run(model, key, positions, schedule, settings: _Settings, progress: bool,
     positions_out, stats_out, messages = [], [], []
     first = 0
     if checkpoint is not None:
-        restored = checkpoint.load((chains, key))
+        restored = checkpoint.load((real_rows(chains), key))
         if restored is not None:
             template = chains
             first, outputs, (chains, key), messages = restored
+            chains = shard_batch(chains, "chain", devices).array
             positions_out = [block["positions"] for block in outputs]
             stats_out = [{name[len("stat_"):]: value for name, value in block.items()
                           if name.startswith("stat_")} for block in outputs]
@@ -361,13 +409,15 @@ def _run(model, key, positions, schedule, settings: _Settings, progress: bool,
                                                   settings)
             part = slice(c * chunk, (c + 1) * chunk)
             xs = tuple(jnp.asarray(a[part]) for a in (steps, is_slow, is_end, active))
-            chains, key, (pos, stats) = _run_chunk(model, chains, key, xs, settings)
-            positions_out.append(np.asarray(pos))
-            stats_out.append({k: np.asarray(v) for k, v in stats.items()})
+            chains, key, (pos, stats) = _run_chunk(model, chains, key, xs, settings,
+                                                   placement)
+            # (step, chain, ...): gathered from every device (and process), padding dropped.
+            positions_out.append(gather_to_host(pos)[:, :num_chains])
+            stats_out.append({k: gather_to_host(v)[:, :num_chains] for k, v in stats.items()})
             if checkpoint is not None:
                 checkpoint.save(c, {"positions": positions_out[-1],
                                     **{f"stat_{k}": v for k, v in stats_out[-1].items()}},
-                                (chains, key), messages)
+                                (real_rows(chains), key), messages)
             done += int(active[part].sum())
             bar.update_to(done, desc=settings.algorithm.upper())
     real = np.flatnonzero(active)
@@ -378,7 +428,7 @@ def _run(model, key, positions, schedule, settings: _Settings, progress: bool,
     draws = np.swapaxes(positions_all[keep], 0, 1)
     sample_stats = {k: np.swapaxes(v[keep], 0, 1) for k, v in stats_all.items()}
     num_gradient_evals = int(np.sum(stats_all["n_steps"], dtype=np.int64))
-    return draws, sample_stats, num_gradient_evals, chains.adaptation_state, messages
+    return draws, sample_stats, num_gradient_evals, real_rows(chains.adaptation_state), messages
 
 
 @eqx.filter_jit
@@ -392,9 +442,10 @@ def _pointwise(model, z):
     return jax.vmap(jax.vmap(model.pointwise_log_likelihood))(z)
 
 
-def _shard_chains(x):
-    """Place the leading (chain) axis across devices when there are several."""
-    return shard_leading_axis(x, "chain")
+def _shard_chains(x, devices: DevicesLike = None):
+    """Place the leading (chain) axis across ``devices``, padded to a multiple of their
+    count (:func:`ppl.sharding.shard_batch`)."""
+    return shard_batch(x, "chain", devices).array
 
 
 def _check_model(model) -> None:
@@ -406,7 +457,8 @@ def _check_model(model) -> None:
     if model.discrete_sites:
         raise ValueError(
             f"NUTS/HMC need continuous latents; discrete site(s) {list(model.discrete_sites)}: "
-            "marginalise them or use SMC."
+            "marginalise them out in the model, or, for a state-space model, use "
+            "method='particle_filter'."
         )
 
 
@@ -476,6 +528,7 @@ def sample(
     warn: bool = True,
     stuck_chains: str = "restart",
     checkpoint_dir: str | None = None,
+    devices: DevicesLike = None,
 ) -> Posterior:
     """Run NUTS (or HMC) with Stan's windowed adaptation on ``num_chains`` chains.
 
@@ -506,6 +559,11 @@ def sample(
             last recorded chunk, and the draws equal an uninterrupted run's. A directory
             holding another run (other settings, key, model, data or initial points) is
             refused, naming what differs.
+        devices: where the chains run (:func:`ppl.sharding.resolve_devices`): default all
+            devices of all processes; a count, a list of devices, ``"local"`` or
+            ``"all-processes"``. A chain count that does not divide by the device count is
+            padded (copies of the last chain, dropped); the draws do not depend on it. Under
+            ``jax.distributed`` call this on every process: each gets all the draws.
 
     Returns:
         A :class:`~ppl.Posterior` with draws shaped ``(chain, draw, ...)`` and per-draw
@@ -524,6 +582,13 @@ def sample(
         raise ValueError(f"Expected stuck_chains one of {', '.join(STUCK_CHAIN_ACTIONS)}, got "
                          f"{stuck_chains!r}.")
     progress = ProgressBar.wanted(progress_bar)
+    placement = resolve_devices(devices, "chain")
+    if checkpoint_dir is not None and placement.multi_process:
+        raise ValueError(
+            "checkpoint_dir with chains on several processes is not supported (every process "
+            "would write the same directory); checkpoint a single-process run, or pass "
+            "devices='local' so that each process runs all the chains itself."
+        )
     settings = _Settings(
         algorithm, num_chains, num_warmup, num_samples, thinning, float(target_accept),
         bool(dense_mass), int(max_tree_depth), int(num_integration_steps),
@@ -542,13 +607,13 @@ def sample(
                 f"Expected initial_position of shape ({num_chains}, {model.dim}) or "
                 f"({model.dim},), got {positions.shape}."
             )
-    positions = _shard_chains(positions)
     schedule = warmup_schedule(num_warmup)
     checkpoint = None
     if checkpoint_dir is not None:
         checkpoint = RunCheckpoint(checkpoint_dir, _manifest(model, key, settings, positions))
+    positions = _shard_chains(positions, devices)
     draws, stats, num_grads, adaptation, stuck = _run(model, run_key, positions, schedule,
-                                                      settings, progress, checkpoint)
+                                                      settings, progress, checkpoint, devices)
     for message in stuck if warn else []:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     z = jnp.asarray(draws)
@@ -566,7 +631,8 @@ def sample(
         "wall_time": wall,
         "num_gradient_evals": int(num_grads),
         "step_size": np.asarray(adaptation.step_size).tolist(),
-        "num_devices": len(jax.devices()),
+        "num_devices": placement.num_devices,
+        "num_processes": len({d.process_index for d in placement.devices}),
     }
     meta["warnings"] = stuck + (_warn_on_problems(samples, stats, meta, np.asarray(z))
                                 if warn else [])
@@ -595,3 +661,8 @@ def sample_nuts(key, model, **settings) -> Posterior:
 def sample_hmc(key, model, **settings) -> Posterior:
     """``ppl.infer(..., method="hmc")``: see :func:`sample`."""
     return sample(key, model, algorithm="hmc", **settings)
+
+
+# Where the engines' ``**settings`` go (``ppl.infer`` checks setting names against them).
+sample_nuts.settings_from = sample_hmc.settings_from = (sample,)
+sample_nuts.settings_fixed = sample_hmc.settings_fixed = ("algorithm",)

@@ -38,6 +38,13 @@ is unknown in advance; a host loop keeps the history exact-sized, lets the progr
 and errors name the temperature reached, and costs one small device-host sync per
 temperature (tens of microseconds against milliseconds of MCMC moves).
 
+With several devices (``devices=``, :mod:`ppl.sharding`) only the moves are split over
+them: the population steps (temperature search, reweighting, resampling, the cross-fitted
+covariance) run replicated on every device, on the same arrays and in the same order as on
+one device, so that no partitioned reduction changes their rounding (the result does not
+depend on the device count). The cost: an all-gather of the acceptance rates every MCMC
+step, and of the moved particles (positions, log-likelihoods, gradients) every temperature.
+
 References:
     Del Moral, P., Doucet, A. and Jasra, A. (2006). Sequential Monte Carlo samplers. JRSS B.
     Zhou, Y., Johansen, A. M. and Aston, J. A. D. (2016). Toward automatic model comparison:
@@ -69,6 +76,7 @@ from ppl.infer import as_key
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
+from ppl.sharding import DevicesLike, Placement, gather_to_host, resolve_devices
 
 __all__ = ["TemperedState", "TemperedInfo", "init", "step", "sample_smc", "random_walk"]
 
@@ -309,8 +317,22 @@ def _likelihood_from_state(model, states, temperature, kernel):
     return ll, grad
 
 
-def step(key, state: TemperedState, model: AbstractModel, settings: _Settings):
-    """One temperature: choose ``b'``, reweight, resample, tune, move (pure; the caller jits)."""
+def _on(tree, sharding):
+    """``tree`` constrained to ``sharding`` (no-op without a placement)."""
+    if sharding is None:
+        return tree
+    return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def step(key, state: TemperedState, model: AbstractModel, settings: _Settings,
+         placement: Placement | None = None):
+    """One temperature: choose ``b'``, reweight, resample, tune, move (pure; the caller jits).
+
+    With a ``placement`` the moves run split over its devices and everything else
+    replicated (see the module docstring)."""
+    split = None if placement is None else jax.sharding.PartitionSpec(placement.axis_name)
+    whole = None if placement is None else placement.replicated
+    state = _on(state, whole)
     n = settings.num_particles
     temp_key, resample_key, move_key = jax.random.split(key, 3)
     del temp_key
@@ -348,7 +370,15 @@ def step(key, state: TemperedState, model: AbstractModel, settings: _Settings):
                                   num_leapfrog)
             return kernel.step(key, mcmc_state)
 
-        return jax.vmap(one)(keys, states, imm, scale)
+        if placement is None:
+            return jax.vmap(one)(keys, states, imm, scale)
+        # Each device moves its own slice (shard_map: NUTS's while-loops stop per device,
+        # with no agreement across devices per iteration); the moved states stay split,
+        # the acceptance rates are averaged on full copies.
+        new_states, info = jax.shard_map(
+            jax.vmap(one), mesh=placement.mesh, in_specs=split, out_specs=split,
+            check_vma=False)(keys, states, imm, scale)
+        return new_states, _on(info, whole)
 
     if settings.waste_free:
         def chain_step(carry, key):
@@ -359,6 +389,7 @@ def step(key, state: TemperedState, model: AbstractModel, settings: _Settings):
 
         keys = jax.random.split(move_key, settings.chain_length - 1)
         _, (chain, acc, grads) = jax.lax.scan(chain_step, mcmc_states, keys)
+        chain = _on(chain, whole)
         states = jax.tree_util.tree_map(
             lambda a, b: jnp.concatenate([a[None], b], axis=0).reshape((n,) + a.shape[1:]),
             mcmc_states, chain)
@@ -382,6 +413,7 @@ def step(key, state: TemperedState, model: AbstractModel, settings: _Settings):
         num_steps = jnp.clip(wanted, settings.min_mcmc_steps, settings.max_mcmc_steps)
         last = jax.lax.while_loop(lambda c: c[0] < num_steps, one_step, first)
         _, states, _, acc_sum, num_grads = last
+        states = _on(states, whole)
         particles = states.position
         acceptance = acc_sum / num_steps.astype(acc_sum.dtype)
 
@@ -399,7 +431,7 @@ def step(key, state: TemperedState, model: AbstractModel, settings: _Settings):
     leapfrog_info = num_leapfrog if settings.kernel == "hmc" else jnp.zeros((), jnp.int32)
     info = TemperedInfo(temperature, ess, acceptance, num_steps, leapfrog_info, step_size,
                         increment, num_grads, all_zero)
-    return new_state, info
+    return _on(new_state, whole), _on(info, whole)
 
 
 _init_jit = eqx.filter_jit(init)
@@ -423,6 +455,13 @@ def _check_inputs(model, num_particles, kernel, target_ess, waste_free, chain_le
             "Expected a ppl Model (ppl.from_numpyro or ppl.from_logdensity), got "
             f"{type(model).__name__}."
         )
+    if model.discrete_sites:
+        # The moves (HMC, NUTS, random walk) act on the flat continuous vector.
+        raise ValueError(
+            f"Tempered SMC needs continuous latents; discrete site(s) "
+            f"{list(model.discrete_sites)}: marginalise them out in the model, or, for a "
+            "state-space model, use method='particle_filter'."
+        )
     base.check_num_particles(num_particles)
     if num_particles < 2:
         # One particle has ESS 1 at every temperature: resampling is a no-op, the adaptive
@@ -441,6 +480,30 @@ def _check_inputs(model, num_particles, kernel, target_ess, waste_free, chain_le
                 "Expected chain_length >= 2 dividing num_particles for waste-free SMC, got "
                 f"chain_length={chain_length}, num_particles={num_particles}."
             )
+
+
+def _placement(devices: DevicesLike, settings: _Settings) -> Placement | None:
+    """The devices the moves run on, or None for one device (the unsharded program)."""
+    placement = resolve_devices(devices, "particle")
+    batch = (settings.num_particles // settings.chain_length if settings.waste_free
+             else settings.num_particles)
+    num = placement.num_devices
+    if batch % num:
+        what = ("N / chain_length = " if settings.waste_free else "num_particles = ") + str(batch)
+        if devices is not None or placement.multi_process:
+            raise ValueError(
+                f"Tempered SMC moves {what} particles, which do not split evenly over {num} "
+                f"devices (padding would change the population): choose a multiple of {num}, "
+                "or devices= a count that divides it."
+            )
+        num = max(k for k in range(1, num + 1) if batch % k == 0)
+        warnings.warn(
+            f"Tempered SMC: {what} particles do not split evenly over {placement.num_devices}"
+            f" devices; the moves run on {num}. Choose a multiple of {placement.num_devices} "
+            "to use them all.", UserWarning, stacklevel=3,
+        )
+        placement = resolve_devices(placement.devices[:num], "particle")
+    return placement if num > 1 else None
 
 
 def sample_smc(
@@ -463,6 +526,7 @@ def sample_smc(
     max_num_temperatures: int = 1000,
     progress_bar: bool | None = None,
     checkpoint_dir: str | None = None,
+    devices: DevicesLike = None,
 ) -> Posterior:
     """Adaptive tempered SMC from the prior to the posterior, with the log-evidence.
 
@@ -496,6 +560,12 @@ def sample_smc(
             interruption resumes from the last recorded temperature, with the same result as
             an uninterrupted run. A directory holding another run is refused, naming what
             differs.
+        devices: where the moves run (:func:`ppl.sharding.resolve_devices`): default all
+            devices of all processes. The moved batch (``N``, or ``N / chain_length``
+            waste-free) must divide by their count: otherwise an explicit ``devices`` is
+            refused and the default uses the most devices that divide it, with a warning
+            (padding would change the population). The result does not depend on it. Under
+            ``jax.distributed`` call this on every process: each gets all the particles.
 
     Returns:
         A :class:`~ppl.Posterior` with one chain of ``N`` equally weighted draws (``log_weights``
@@ -529,6 +599,13 @@ def sample_smc(
         int(max_tree_depth), bool(dense_mass), bool(waste_free), int(chain_length), 60,
         float(trajectory_length),
     )
+    placement = _placement(devices, settings)
+    if checkpoint_dir is not None and placement is not None and placement.multi_process:
+        raise ValueError(
+            "checkpoint_dir with particles on several processes is not supported (every "
+            "process would write the same directory); checkpoint a single-process run, or "
+            "pass devices='local' so that each process runs all the particles itself."
+        )
     start = time.perf_counter()
     init_key, loop_key = jax.random.split(as_key(key))
     try:
@@ -536,7 +613,7 @@ def sample_smc(
                           kernel != "rw")
     except NotImplementedError as error:
         raise ValueError(f"Tempered SMC starts from the prior: {error}") from error
-    ll0 = np.asarray(state.log_likelihood)
+    ll0 = gather_to_host(state.log_likelihood)
     if np.any(np.isnan(ll0)):
         raise ValueError(
             f"The log-likelihood is NaN at {int(np.isnan(ll0).sum())} of {ll0.size} prior "
@@ -572,8 +649,9 @@ def sample_smc(
                     f"temperature {float(state.temperature):.3g}; raise it, lower target_ess, "
                     "or check the likelihood (it may be -inf on most of the prior)."
                 )
-            state, info = _step_jit(jax.random.fold_in(loop_key, k), state, model, settings)
-            info = jax.device_get(info)
+            state, info = _step_jit(jax.random.fold_in(loop_key, k), state, model, settings,
+                                    placement)
+            info = gather_to_host(info)
             infos.append(info)
             if bool(info.all_zero) or not np.isfinite(info.log_evidence_increment):
                 raise ValueError(
@@ -583,11 +661,12 @@ def sample_smc(
                     "in the data), or the moves produced invalid positions."
                 )
             if checkpoint is not None:
-                checkpoint.save(k, info._asdict(), state)
+                checkpoint.save(k, info._asdict(), gather_to_host(state))
             bar.update_to(int(1000 * float(state.temperature)))
             k += 1
-    particles = state.particles
-    values = _constrain(model, particles)
+    # Host copies (every process gets all of them), constrained on this process alone.
+    particles = gather_to_host(state.particles)
+    values = _constrain(model, jnp.asarray(particles))
     samples = {name: np.asarray(v)[None] for name, v in values.items()}
     history = {
         field: np.array([getattr(i, field) for i in infos])
@@ -611,12 +690,13 @@ def sample_smc(
         "wall_time": wall,
         "num_gradient_evals": num_grads,
         "num_temperatures": len(infos),
+        "num_devices": 1 if placement is None else placement.num_devices,
         "warnings": warn_list,
     }
     return Posterior(
         samples=samples,
-        log_weights=np.asarray(state.log_weights)[None],
-        log_evidence=float(state.log_evidence),
+        log_weights=gather_to_host(state.log_weights)[None],
+        log_evidence=float(gather_to_host(state.log_evidence)),
         history=history,
         meta=meta,
         unconstrained=np.asarray(particles)[None],
