@@ -20,14 +20,14 @@ from .inference_model import InferenceModel, beam_search, greedy, log_prob, samp
 from .perception import PerceptionNetwork, beliefs
 from .predict import AdditionPrediction, predict
 from .programs import AbstractProgram, Addition, SumOfDigits, output_masks, program_from_json
-from .train import ANeSI, Prediction, TrainingSettings, evaluate, train
+from .train import ANeSI, Prediction, TrainingSettings, evaluate, load_pretrained, train
 
 __all__ = [
     "AbstractProgram", "Addition", "SumOfDigits", "output_masks", "program_from_json",
     "Split", "Examples", "load_split", "sample_examples", "validate_images",
     "PerceptionNetwork", "beliefs",
     "InferenceModel", "log_prob", "sample", "greedy", "beam_search",
-    "ANeSI", "Prediction", "TrainingSettings", "train", "evaluate",
+    "ANeSI", "Prediction", "TrainingSettings", "train", "evaluate", "load_pretrained",
     "assignment_table", "exact_log_prob", "exact_output_distribution", "train_exact",
     "AdditionPrediction", "predict",
     "ExplanationModel", "explain", "explanation_log_prob", "train_explanation",

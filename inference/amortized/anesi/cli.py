@@ -1,4 +1,5 @@
-"""``ppl anesi train --digits N --out DIR`` and ``ppl anesi eval DIR``.
+"""``ppl anesi train --digits N --out DIR`` and ``ppl anesi eval DIR`` (or ``--digits N`` for the
+shipped checkpoint).
 
 Wiring: this module follows ``ppl/cli.py``'s plugin protocol (``add_parser(subparsers)`` and
 ``run(args)``), so hooking it in is one entry of ``_PLUGINS`` there::
@@ -32,12 +33,17 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--steps", type=int, help="joint steps")
     train.add_argument("--prior-steps", type=int, help="inference-model steps on the prior")
     train.add_argument("--batch-size", type=int, help="task examples per joint step")
+    train.add_argument("--explanation-steps", type=int,
+                       help="steps of the explanation model (0: predict-only checkpoint)")
     train.add_argument("--seed", type=int, help="the training key's seed")
     train.add_argument("--num-examples", type=int, default=1000,
                        help="test examples for the final evaluation")
     evaluate = commands.add_parser("eval", help="test accuracy of a checkpoint",
                                    description="Print a checkpoint's test-split accuracy (JSON).")
-    evaluate.add_argument("checkpoint", help="a folder written by 'ppl anesi train'")
+    evaluate.add_argument("checkpoint", nargs="?",
+                          help="a folder written by 'ppl anesi train' (or use --digits)")
+    evaluate.add_argument("--digits", type=int,
+                          help="evaluate the shipped checkpoint for N-digit addition")
     evaluate.add_argument("--num-examples", type=int, default=1000)
     evaluate.add_argument("--beam-width", type=int, default=1)
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the test examples")
@@ -63,12 +69,12 @@ def run(args) -> int:
     import dataclasses
 
     from .programs import Addition
-    from .train import ANeSI, TrainingSettings, evaluate, train
+    from .train import ANeSI, TrainingSettings, checkpoint_path, evaluate, load_pretrained, train
 
     try:
         if args.action == "train":
             overrides = {name: getattr(args, name) for name in
-                         ("steps", "prior_steps", "batch_size", "seed")
+                         ("steps", "prior_steps", "batch_size", "explanation_steps", "seed")
                          if getattr(args, name) is not None}
             settings = dataclasses.replace(TrainingSettings(), **overrides)
             model = train(Addition(args.digits), settings=settings,
@@ -78,10 +84,15 @@ def run(args) -> int:
             model.save(args.out)
             print(json.dumps({"checkpoint": str(args.out), **metrics}, indent=2))
         else:
-            model = ANeSI.load(args.checkpoint)
+            if (args.checkpoint is None) == (args.digits is None):
+                raise ValueError("give a checkpoint folder or --digits N (the shipped "
+                                 "checkpoint), not both and not neither")
+            model = (load_pretrained(args.digits) if args.checkpoint is None
+                     else ANeSI.load(args.checkpoint))
             metrics = evaluate(model, num_examples=args.num_examples, seed=args.seed,
                                beam_width=args.beam_width)
-            print(json.dumps({"checkpoint": str(args.checkpoint),
+            where = args.checkpoint or str(checkpoint_path(args.digits))
+            print(json.dumps({"checkpoint": where,
                               "program": model.program.describe(), **metrics}, indent=2))
     except (ValueError, FileNotFoundError) as error:
         print(f"ppl anesi: error: {error}", file=sys.stderr)

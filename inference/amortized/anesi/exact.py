@@ -5,7 +5,9 @@ Maths. For beliefs ``P_1, ..., P_K`` over ``K`` independent symbols and a progra
     p(y | P) = sum_{w in {0..9}^K} prod_j P_j(w_j) [c(w) = y],
 
 computed here in log space over all ``10^K`` assignments at once (``10^(2N)`` for addition of
-two ``N``-digit numbers, so only ``N = 1, 2``: :data:`MAX_ASSIGNMENTS`). Training the perception
+two ``N``-digit numbers, so only ``N = 1, 2``: :data:`MAX_ASSIGNMENTS`), or streamed in chunks
+(:func:`exact_log_prob_streamed`: constant memory, the same ``10^K`` time, which is what makes
+``N = 3, 4`` measurable and ``N = 5`` not). Training the perception
 network by ``-log p(y_true | f(x))`` is the exact-likelihood counterpart of A-NeSI's
 ``-log q(y_true | f(x))`` and the reference it is measured against for small ``N``.
 """
@@ -27,10 +29,12 @@ from .data import load_split, sample_examples
 from .perception import PerceptionNetwork, log_beliefs
 from .programs import AbstractProgram, digits_to_int
 
-__all__ = ["MAX_ASSIGNMENTS", "AssignmentTable", "assignment_table", "exact_log_prob",
-           "exact_output_distribution", "ExactResult", "train_exact"]
+__all__ = ["MAX_ASSIGNMENTS", "MAX_STREAMED_ASSIGNMENTS", "AssignmentTable", "assignment_table",
+           "exact_log_prob", "exact_log_prob_streamed", "exact_output_distribution",
+           "ExactResult", "train_exact"]
 
 MAX_ASSIGNMENTS = 10_000
+MAX_STREAMED_ASSIGNMENTS = 10 ** 8  # addition N <= 4; int32 assignment indices
 
 
 class AssignmentTable(NamedTuple):
@@ -77,6 +81,44 @@ def exact_log_prob(program: AbstractProgram, log_beliefs: Float[Array, "batch in
     match = jnp.all(jnp.asarray(table.outputs)[None] == outputs[:, None], axis=-1)
     scores = _assignment_log_probs(table, log_beliefs)
     return jax.nn.logsumexp(jnp.where(match, scores, -jnp.inf), axis=-1)
+
+
+def exact_log_prob_streamed(program: AbstractProgram, log_beliefs: Float[Array, "batch inputs 10"],
+                            outputs: Int[Array, "batch outputs"], *,
+                            chunk_size: int = 2 ** 16) -> Float[Array, " batch"]:
+    """``log p(y | P)`` by enumeration, ``chunk_size`` assignments at a time.
+
+    Equal to :func:`exact_log_prob` without its table: assignment ``i`` is read off the
+    digits of ``i`` in base ``input_arity``, inside a ``lax.map`` over chunks whose body is
+    rematerialised in the backward pass, so memory stays ``O(batch * chunk_size)`` for any
+    ``K`` while time stays ``O(batch * arity^K)``. Refuses more than
+    :data:`MAX_STREAMED_ASSIGNMENTS`.
+    """
+    arity, k = program.input_arity, program.num_inputs
+    count = arity ** k
+    if count > MAX_STREAMED_ASSIGNMENTS:
+        raise ValueError(f"streamed enumeration of {program.describe()} needs {arity}^{k} = "
+                         f"{count} assignments, more than MAX_STREAMED_ASSIGNMENTS = "
+                         f"{MAX_STREAMED_ASSIGNMENTS}")
+    if log_beliefs.shape[1:] != (k, arity):
+        raise ValueError(f"log_beliefs: expected shape (batch, {k}, {arity}), got "
+                         f"{tuple(log_beliefs.shape)}")
+    chunk_size = min(int(chunk_size), count)
+    num_chunks = -(-count // chunk_size)
+    place = jnp.asarray([arity ** (k - 1 - j) for j in range(k)], jnp.int32)
+    columns = jnp.arange(k)
+
+    @jax.checkpoint
+    def chunk(start):
+        index = start + jnp.arange(chunk_size, dtype=jnp.int32)
+        symbols = (index[:, None] // place) % arity
+        match = jnp.all(program(symbols)[None] == outputs[:, None], axis=-1)
+        match = match & (index < count)[None]
+        scores = jnp.sum(log_beliefs[:, columns, symbols], axis=-1)
+        return jax.nn.logsumexp(jnp.where(match, scores, -jnp.inf), axis=-1)
+
+    starts = jnp.arange(num_chunks, dtype=jnp.int32) * chunk_size
+    return jax.nn.logsumexp(jax.lax.map(chunk, starts), axis=0)
 
 
 def exact_output_distribution(program: AbstractProgram, log_beliefs,

@@ -2,9 +2,10 @@
 
 Maths (van Krieken, Thanapalasingam, Tomczak, van Harmelen and ten Teije, "A-NeSI: A Scalable
 Approximate Method for Probabilistic Neurosymbolic Inference", NeurIPS 2023). The output
-``y = (y_0, ..., y_{M-1})`` of a program is factorised digit by digit, most significant first,
+``y = (y_0, ..., y_{M-1})`` of a program is factorised digit by digit in the program's
+``decode_order`` (for addition least significant first, see :mod:`.programs`),
 
-    q(y | P) = prod_i q_i(y_i | y_{<i}, P),
+    q(y | P) = prod_i q_i(y_i | y_{<i}, P)   ("<i": decoded before i),
 
 so evaluating or decoding an output costs ``M`` network calls (linear in the number of output
 digits, for addition ``N + 1``), against the ``10^(2N)`` terms of the exact count. Each factor
@@ -50,6 +51,7 @@ class InferenceModel(eqx.Module):
     num_inputs: int = eqx.field(static=True)
     input_arity: int = eqx.field(static=True)
     output_sizes: tuple[int, ...] = eqx.field(static=True)
+    decode_order: tuple[int, ...] = eqx.field(static=True)
     width: int = eqx.field(static=True)
     depth: int = eqx.field(static=True)
 
@@ -63,6 +65,7 @@ class InferenceModel(eqx.Module):
         self.num_inputs = program.num_inputs
         self.input_arity = program.input_arity
         self.output_sizes = tuple(program.output_sizes)
+        self.decode_order = tuple(program.decode_order)
         self.width, self.depth = int(width), int(depth)
         in_size = self.num_inputs * self.input_arity + self.num_outputs * NUM_VALUES
 
@@ -81,10 +84,12 @@ class InferenceModel(eqx.Module):
 
     def _features(self, beliefs: Float[Array, "inputs arity"],
                   outputs: Int[Array, " outputs"]) -> Float[Array, "outputs features"]:
-        """Row ``i``: the beliefs and the one-hot digits ``y_{<i}`` (later digits zeroed)."""
+        """Row ``i``: the beliefs and the one-hot digits decoded before position ``i`` (the
+        others zeroed)."""
         m = self.num_outputs
         previous = jax.nn.one_hot(outputs, NUM_VALUES)
-        visible = jnp.arange(m)[None, :] < jnp.arange(m)[:, None]
+        rank = jnp.argsort(jnp.asarray(self.decode_order))  # rank[i]: when i is decoded
+        visible = rank[None, :] < rank[:, None]
         previous = (visible[:, :, None] * previous[None]).reshape(m, m * NUM_VALUES)
         flat = jnp.broadcast_to(beliefs.reshape(-1), (m, beliefs.size))
         return jnp.concatenate([flat, previous], axis=-1)
@@ -102,13 +107,14 @@ class InferenceModel(eqx.Module):
 
 def check_program(model: InferenceModel, program: AbstractProgram) -> None:
     """Refuse a program whose input or output space differs from the model's."""
-    mine = (model.num_inputs, model.input_arity, tuple(model.output_sizes))
-    theirs = (program.num_inputs, program.input_arity, tuple(program.output_sizes))
+    mine = (model.num_inputs, model.input_arity, tuple(model.output_sizes), model.decode_order)
+    theirs = (program.num_inputs, program.input_arity, tuple(program.output_sizes),
+              tuple(program.decode_order))
     if mine != theirs:
         raise ValueError(
             f"program {program.describe()} does not match the inference model built for "
-            f"{model.program_name}: (num_inputs, input_arity, output_sizes) = {theirs}, "
-            f"expected {mine}")
+            f"{model.program_name}: (num_inputs, input_arity, output_sizes, decode_order) = "
+            f"{theirs}, expected {mine}")
 
 
 def _check_beliefs(model: InferenceModel, beliefs) -> None:
@@ -149,11 +155,11 @@ def log_prob(model: InferenceModel, program: AbstractProgram, beliefs,
 
 
 def _decode(model, program, beliefs, choose_fn, key):
-    """Left-to-right decoding of one example, ``choose_fn(key, log_probs) -> digit``."""
+    """Decoding of one example in ``decode_order``, ``choose_fn(key, log_probs) -> digit``."""
     outputs = jnp.zeros(model.num_outputs, jnp.int32)
     total = jnp.zeros(())
     size_mask = _size_mask(model)
-    for i in range(model.num_outputs):
+    for i in model.decode_order:
         logits = model.position_logits(beliefs, outputs, i)
         allowed = program.prune(outputs, i) & size_mask[i]
         log_probs = jax.nn.log_softmax(jnp.where(allowed, logits, -jnp.inf))
@@ -199,7 +205,7 @@ def beam_search(model: InferenceModel, program: AbstractProgram, beliefs, beam_w
     def one(p):
         outputs = jnp.zeros((beam_width, m), jnp.int32)
         scores = jnp.full(beam_width, -jnp.inf).at[0].set(0.0)
-        for i in range(m):
+        for i in model.decode_order:
             logits = jax.vmap(functools.partial(model.position_logits, p, position=i))(outputs)
             allowed = program.prune(outputs, i) & size_mask[i]
             log_probs = jax.nn.log_softmax(jnp.where(allowed, logits, -jnp.inf), axis=-1)

@@ -9,8 +9,17 @@ significant first, digit ``i`` taking ``output_sizes[i]`` values. Given independ
 
 whose exact computation costs ``input_arity ** num_inputs`` terms (:mod:`.exact`).
 
-Symbolic pruning. ``prune(prefix, position)`` says, for an output prefix ``y_{<i}``, which next
-digits ``y_i`` can still be produced by some input, i.e. ``{d : exists w, c(w)_{<i} = y_{<i},
+Decoding order. The inference model factorises the output over ``decode_order``, a
+permutation of the positions (most significant first unless the program says otherwise).
+Addition decodes least significant first: then each sum digit is a function of its column's
+two symbols and of the carry into it, which the lower digits already decoded and their
+columns' beliefs determine, so every factor is local. Most significant first, the first factor
+(the final carry) depends on every column through the carry chain, and the network cannot
+learn that at N = 15 (measured: 0.04 sum accuracy against 0.10 reachable).
+
+Symbolic pruning. ``prune(prefix, position)`` says, given the digits at the positions decoded
+before ``position`` (written ``y_<i`` below, "before" in ``decode_order``), which digits
+``y_i`` can still be produced by some input, i.e. ``{d : exists w, c(w)_{<i} = y_{<i},
 c(w)_i = d}``. The inference model masks its logits with it, so it gives probability exactly 0
 to every output the program cannot produce. Pruning must be exact for every prefix the program
 can produce (never exclude a reachable digit, always exclude an unreachable one); the tests
@@ -53,6 +62,11 @@ class AbstractProgram(abc.ABC):
     def num_outputs(self) -> int:
         return len(self.output_sizes)
 
+    @property
+    def decode_order(self) -> tuple[int, ...]:
+        """The order in which the inference model decodes the output positions."""
+        return tuple(range(self.num_outputs))
+
     @abc.abstractmethod
     def __call__(self, symbols: Int[Array, "*batch num_inputs"]
                  ) -> Int[Array, "*batch num_outputs"]:
@@ -61,9 +75,10 @@ class AbstractProgram(abc.ABC):
     @abc.abstractmethod
     def prune(self, prefix: Int[Array, "*batch num_outputs"],
               position: int) -> Bool[Array, "*batch 10"]:
-        """Which digits ``y_position`` remain possible after ``prefix[..., :position]``.
+        """Which digits ``y_position`` remain possible given the digits of ``prefix`` at the
+        positions before ``position`` in :attr:`decode_order`.
 
-        Entries of ``prefix`` at ``position`` and after are ignored. ``position`` is static.
+        The other entries of ``prefix`` are ignored. ``position`` is static.
         """
 
     def settings(self) -> dict[str, Any]:
@@ -95,8 +110,9 @@ class Addition(AbstractProgram):
     Pruning in closed form from the carries. The sum lies in ``[0, 2 * 10^N - 2]`` and every
     value in it is reachable (``S < 10^N``: ``A = S, B = 0``; otherwise ``A = 10^N - 1,
     B = S - 10^N + 1``). So the leading digit (the carry out of the top column) is 0 or 1;
-    when it is 1 the remaining digits are ``A + B - 10^N <= 10^N - 2`` and cannot all be 9,
-    so after the prefix ``1 9 ... 9`` the last digit cannot be 9. Every other digit is free.
+    when it is 1 the remaining digits are ``A + B - 10^N <= 10^N - 2`` and cannot all be 9.
+    Decoded least significant first (:attr:`decode_order`), every digit but the carry is free,
+    and the carry is 0 or 1, and only 0 after ``N`` nines.
     """
 
     num_digits: int
@@ -112,6 +128,10 @@ class Addition(AbstractProgram):
     @property
     def output_sizes(self) -> tuple[int, ...]:
         return (2,) + (10,) * self.num_digits
+
+    @property
+    def decode_order(self) -> tuple[int, ...]:
+        return tuple(reversed(range(self.num_digits + 1)))
 
     def __call__(self, symbols):
         n = self.num_digits
@@ -131,13 +151,11 @@ class Addition(AbstractProgram):
         prefix = jnp.asarray(prefix)
         values = jnp.arange(10)
         batch = prefix.shape[:-1]
-        if position == 0:
-            return jnp.broadcast_to(values < 2, (*batch, 10))
-        if position < self.num_digits:
+        if position > 0:
             return jnp.ones((*batch, 10), bool)
-        # Last digit: 9 is impossible only after the carry 1 and then N - 1 nines.
-        tight = (prefix[..., 0] == 1) & jnp.all(prefix[..., 1:position] == 9, axis=-1)
-        return ~(tight[..., None] & (values == 9))
+        # The carry, decoded last: 1 is impossible after N nines (1 9...9 > 2 (10^N - 1)).
+        nines = jnp.all(prefix[..., 1:] == 9, axis=-1)
+        return (values < 2) & ~(nines[..., None] & (values == 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +208,8 @@ def program_from_json(data: dict[str, Any]) -> AbstractProgram:
 
 def output_masks(program: AbstractProgram,
                  outputs: Int[Array, "*batch num_outputs"]) -> Bool[Array, "*batch num_outputs 10"]:
-    """The pruning masks of every position, each from the prefix of ``outputs`` before it."""
+    """The pruning masks of every position, each from the digits of ``outputs`` decoded before
+    it."""
     return jnp.stack([program.prune(outputs, i) for i in range(program.num_outputs)], axis=-2)
 
 

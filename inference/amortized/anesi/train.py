@@ -25,15 +25,21 @@ Training runs ``prior_steps`` steps of ``L_q`` alone (so that ``q`` is informati
 step ``s`` draws its batch with ``fold_in(key, s)``. Steps run in jitted ``lax.scan`` chunks
 with a log line between chunks.
 
+For addition, ``explanation_steps`` steps then train the explanation model ``q(w | y, P)``
+(:mod:`.explanation`) on the prior and on the trained perception's beliefs, so that a
+checkpoint answers both "which sum?" and "which digits?".
+
 Checkpoints (:meth:`ANeSI.save`): ``weights.eqx`` (``eqx.tree_serialise_leaves`` of the
-perception network and the inference model) and ``anesi.json`` beside it (the program and its
-settings, ``num_digits`` for addition, both architectures, the training settings and record).
+perception network, the inference model and the explanation model when there is one) and
+``anesi.json`` beside it (the program and its settings, ``num_digits`` for addition, the
+architectures, the training settings and record).
 :meth:`ANeSI.load` refuses a checkpoint trained for another program or another ``N``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -47,12 +53,13 @@ import numpy as np
 import optax
 
 from .data import Split, load_split, sample_examples, validate_images
+from .explanation import ExplanationModel, explain, train_explanation
 from .inference_model import InferenceModel, beam_search, check_program, greedy, log_prob
 from .perception import PerceptionNetwork, beliefs
 from .programs import AbstractProgram, Addition, digits_to_int, program_from_json
 
 __all__ = ["TrainingSettings", "ANeSI", "Prediction", "train", "evaluate", "prior_loss", "FORMAT",
-           "CONFIG_FILE", "WEIGHTS_FILE"]
+           "CONFIG_FILE", "WEIGHTS_FILE", "checkpoint_path", "load_pretrained"]
 
 FORMAT = "ppl.anesi/1"
 CONFIG_FILE = "anesi.json"
@@ -74,9 +81,11 @@ class TrainingSettings:
             values give confident beliefs, as a trained perception network's are).
         chunk_size: steps per compiled chunk (one log line each).
         seed: the training key is ``jax.random.key(seed)``.
+        explanation_steps: steps of the explanation model after the joint phase (addition
+            only; 0 trains none).
     """
 
-    steps: int = 5000
+    steps: int = 20000
     prior_steps: int = 500
     batch_size: int = 32
     prior_batch_size: int = 128
@@ -85,12 +94,13 @@ class TrainingSettings:
     dirichlet_alpha: float = 0.1
     chunk_size: int = 250
     seed: int = 0
+    explanation_steps: int = 2000
 
     def __post_init__(self):
         for name in ("batch_size", "prior_batch_size", "chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "prior_steps"):
+        for name in ("steps", "prior_steps", "explanation_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("learning_rate", "perception_learning_rate", "dirichlet_alpha"):
@@ -106,12 +116,22 @@ class Prediction(NamedTuple):
         values: ``(batch,)`` the outputs as integers (int64; object for more than 18 digits).
         probability: ``(batch,)`` ``q(y | P)`` of the returned output.
         beliefs: ``(batch, num_inputs, 10)`` the perception network's beliefs.
+        explanation: ``(batch, num_inputs)`` the most likely symbols behind each output under
+            the explanation model (they always reproduce the output), or ``None`` when the
+            model has no explanation model.
+        explanation_probability: ``(batch,)`` ``q(w | y, P)`` of that explanation, or ``None``.
+        alternatives: ``(batch, beam_width)`` the best outputs of the beam as integers, best
+            first (the first column is ``values``); ``alternative_probabilities`` their ``q``.
     """
 
     digits: np.ndarray
     values: np.ndarray
     probability: np.ndarray
     beliefs: np.ndarray
+    explanation: np.ndarray | None = None
+    explanation_probability: np.ndarray | None = None
+    alternatives: np.ndarray | None = None
+    alternative_probabilities: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +143,16 @@ class ANeSI:
     inference_model: InferenceModel
     settings: TrainingSettings = TrainingSettings()
     record: dict = dataclasses.field(default_factory=dict)
+    explanation: ExplanationModel | None = None
 
     def __post_init__(self):
         check_program(self.inference_model, self.program)
+        if self.explanation is not None and (
+                not isinstance(self.program, Addition)
+                or self.explanation.num_digits != self.program.num_digits):
+            raise ValueError(f"the explanation model (addition(num_digits="
+                             f"{self.explanation.num_digits})) does not match the program "
+                             f"{self.program.describe()}")
 
     def beliefs(self, images) -> jax.Array:
         """``(batch, num_inputs, 10)`` beliefs of images ``(batch, num_inputs, 8, 8 | 64)``."""
@@ -134,25 +161,39 @@ class ANeSI:
 
     def predict_outputs(self, images, *, beam_width: int = 1) -> Prediction:
         """The most likely output of each example (greedy, or the best of a beam search)."""
+        if beam_width < 1:
+            raise ValueError(f"beam_width must be >= 1, got {beam_width}")
         p = self.beliefs(images)
-        digits, log_q = _decode_jit(self.inference_model, self.program, p, beam_width)
+        beams, beam_log_q = _decode_jit(self.inference_model, self.program, p, beam_width)
+        digits, log_q = beams[:, 0], beam_log_q[:, 0]
+        explanation = explanation_probability = None
+        if self.explanation is not None:
+            symbols, log_e = _explain_jit(self.explanation, self.program, p, digits)
+            explanation, explanation_probability = np.asarray(symbols), np.exp(np.asarray(log_e))
         digits, log_q = np.asarray(digits), np.asarray(log_q)
         as_int = [digits_to_int(row) for row in digits]
-        values = np.array(as_int, dtype=np.int64 if digits.shape[1] <= 18 else object)
-        return Prediction(digits, values, np.exp(log_q), np.asarray(p))
+        dtype = np.int64 if digits.shape[1] <= 18 else object
+        values = np.array(as_int, dtype=dtype)
+        beams = np.asarray(beams)
+        alternatives = np.array([[digits_to_int(row) for row in rows] for rows in beams],
+                                dtype=dtype).reshape(beams.shape[:2])
+        return Prediction(digits, values, np.exp(log_q), np.asarray(p), explanation,
+                          explanation_probability, alternatives, np.exp(np.asarray(beam_log_q)))
 
     def save(self, directory) -> Path:
         """Write ``weights.eqx`` and ``anesi.json`` into ``directory`` (created)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         eqx.tree_serialise_leaves(directory / WEIGHTS_FILE,
-                                  (self.perception, self.inference_model))
+                                  (self.perception, self.inference_model, self.explanation))
         config = {
             "format": FORMAT,
             "program": self.program.to_json(),
             "num_digits": getattr(self.program, "num_digits", None),
             "perception": self.perception.architecture(),
             "inference_model": self.inference_model.architecture(),
+            "explanation_model": None if self.explanation is None else {
+                "width": self.explanation.width, "depth": self.explanation.depth},
             "training": dataclasses.asdict(self.settings),
             "record": self.record,
         }
@@ -188,12 +229,37 @@ class ANeSI:
             raise ValueError(f"checkpoint {directory} was trained for {stored.describe()}, "
                              f"not {program.describe()}")
         key = jax.random.key(0)  # the skeleton's values are overwritten by the checkpoint
+        explanation_config = config.get("explanation_model")
         skeleton = (PerceptionNetwork(key, **config["perception"]),
-                    InferenceModel(key, program=stored, **config["inference_model"]))
-        perception, inference_model = eqx.tree_deserialise_leaves(directory / WEIGHTS_FILE,
-                                                                  skeleton)
+                    InferenceModel(key, program=stored, **config["inference_model"]),
+                    None if explanation_config is None
+                    else ExplanationModel(key, program=stored, **explanation_config))
+        perception, inference_model, explanation = eqx.tree_deserialise_leaves(
+            directory / WEIGHTS_FILE, skeleton)
         return cls(stored, perception, inference_model, TrainingSettings(**config["training"]),
-                   config.get("record", {}))
+                   config.get("record", {}), explanation)
+
+
+def checkpoint_path(num_digits: int) -> Path:
+    """Where the shipped checkpoint of ``Addition(num_digits)`` lives:
+    ``models/amortized/anesi/n<N>/`` in the ``ppl.models`` package."""
+    spec = importlib.util.find_spec("ppl.models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("Expected the ppl.models package to be installed, got none.")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return root / "amortized" / "anesi" / f"n{int(num_digits)}"
+
+
+def load_pretrained(num_digits: int) -> ANeSI:
+    """The shipped A-NeSI checkpoint for addition of two ``num_digits``-digit numbers."""
+    path = checkpoint_path(num_digits)
+    if not (path / CONFIG_FILE).is_file():
+        shipped = sorted(int(d.name[1:]) for d in path.parent.glob("n*")
+                         if (d / CONFIG_FILE).is_file()) if path.parent.is_dir() else []
+        raise ValueError(f"no shipped A-NeSI checkpoint for num_digits={num_digits} (shipped: "
+                         f"{shipped}); train one with `ppl anesi train --digits "
+                         f"{num_digits} --out DIR`")
+    return ANeSI.load(path, num_digits=num_digits)
 
 
 @eqx.filter_jit
@@ -202,11 +268,17 @@ def _beliefs_jit(perception, images):
 
 
 @eqx.filter_jit
+def _explain_jit(model, program, p, outputs):
+    return explain(model, program, p, outputs)
+
+
+@eqx.filter_jit
 def _decode_jit(model, program, p, beam_width):
+    """``(batch, beam_width, outputs)`` outputs, best first, and their ``log q``."""
     if beam_width == 1:
-        return greedy(model, program, p)
-    outputs, scores = beam_search(model, program, p, beam_width)
-    return outputs[:, 0], scores[:, 0]
+        outputs, scores = greedy(model, program, p)
+        return outputs[:, None], scores[:, None]
+    return beam_search(model, program, p, beam_width)
 
 
 def prior_loss(key, model: InferenceModel, program: AbstractProgram, batch_size: int,
@@ -333,9 +405,18 @@ def train(program: AbstractProgram, *, settings: TrainingSettings = TrainingSett
                 log_fn(f"[anesi {program.describe()}] {phase} step {phase_done}/{total}"
                        f"  inference-model loss {loss_q:.4f}{perception_part}"
                        f"  ({time.perf_counter() - start_time:.1f}s)")
+    perception = eqx.combine(state.perception, static_f)
+    explanation = None
+    if settings.explanation_steps and isinstance(program, Addition):
+        explanation = train_explanation(
+            jax.random.fold_in(init_key, 1), program, steps=settings.explanation_steps,
+            dirichlet_alpha=settings.dirichlet_alpha, perception=perception)
+        if log_fn is not None:
+            log_fn(f"[anesi {program.describe()}] explanation model, "
+                   f"{settings.explanation_steps} steps ({time.perf_counter() - start_time:.1f}s)")
     record["wall_time_s"] = time.perf_counter() - start_time
-    return ANeSI(program, eqx.combine(state.perception, static_f),
-                 eqx.combine(state.inference_model, static_q), settings, record)
+    return ANeSI(program, perception, eqx.combine(state.inference_model, static_q), settings,
+                 record, explanation)
 
 
 def evaluate(model: ANeSI, *, split: str = "test", num_examples: int = 1000, seed: int = 0,

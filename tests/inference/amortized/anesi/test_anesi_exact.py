@@ -12,6 +12,7 @@ from ppl.inference.amortized.anesi.data import load_split, sample_examples
 from ppl.inference.amortized.anesi.exact import (
     assignment_table,
     exact_log_prob,
+    exact_log_prob_streamed,
     exact_output_distribution,
     train_exact,
 )
@@ -56,3 +57,20 @@ def test_exact_training_beats_chance():
     predicted = values[np.argmax(np.asarray(probabilities), axis=1)]
     truth = np.asarray(examples.outputs) @ np.array([10, 1])
     assert np.mean(predicted == truth) > 0.7
+
+
+@pytest.mark.parametrize("num_digits", [1, 2])
+def test_streamed_enumeration_equals_the_table(num_digits):
+    program = Addition(num_digits)
+    key_p, key_w = jax.random.split(jax.random.key(num_digits))
+    log_p = jax.nn.log_softmax(2.0 * jax.random.normal(key_p, (6, program.num_inputs, 10)))
+    outputs = program(jax.random.randint(key_w, (6, program.num_inputs), 0, 10))
+    # an odd chunk size, so that the last chunk is padded
+    streamed = exact_log_prob_streamed(program, log_p, outputs, chunk_size=37)
+    np.testing.assert_allclose(streamed, exact_log_prob(program, log_p, outputs), rtol=1e-5)
+    grad = jax.grad(lambda x: exact_log_prob_streamed(program, x, outputs, chunk_size=37).sum())
+    grad_table = jax.grad(lambda x: exact_log_prob(program, x, outputs).sum())
+    np.testing.assert_allclose(grad(log_p), grad_table(log_p), atol=1e-5)
+    with pytest.raises(ValueError, match=r"10\^10 = 10000000000 assignments, more than "
+                                         r"MAX_STREAMED_ASSIGNMENTS"):
+        exact_log_prob_streamed(Addition(5), jnp.zeros((1, 10, 10)), jnp.zeros((1, 6), int))

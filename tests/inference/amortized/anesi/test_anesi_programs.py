@@ -56,13 +56,16 @@ def _reachable(program):
 def test_pruning_is_exact(program):
     reachable = _reachable(program)
     masks = np.asarray(output_masks(program, jnp.asarray(reachable)))
-    for i in range(program.num_outputs):
+    order = program.decode_order
+    assert sorted(order) == list(range(program.num_outputs))
+    for rank, i in enumerate(order):
+        before = list(order[:rank])  # the positions decoded before i
         continuations = {}
         for row in reachable:
-            continuations.setdefault(tuple(row[:i]), set()).add(int(row[i]))
+            continuations.setdefault(tuple(row[before]), set()).add(int(row[i]))
         for row, mask in zip(reachable, masks[:, i], strict=True):
             allowed = set(np.flatnonzero(mask).tolist())
-            assert allowed == continuations[tuple(row[:i])], (program.describe(), row, i)
+            assert allowed == continuations[tuple(row[before])], (program.describe(), row, i)
         # the sizes bound the first digit's support
         assert masks[:, i].sum(axis=-1).max() <= program.output_sizes[i]
 
@@ -77,11 +80,14 @@ def test_pruning_never_excludes_the_true_output(program):
 
 
 def test_addition_pruning_in_closed_form():
-    masks = np.asarray(output_masks(Addition(3), jnp.array([1, 9, 9, 0])))
-    assert masks[0].tolist() == [True, True] + [False] * 8  # the carry is 0 or 1
-    assert masks[1].all() and masks[2].all()
-    assert masks[3].tolist() == [True] * 9 + [False]  # 1999 > 999 + 999
-    assert np.asarray(output_masks(Addition(3), jnp.array([1, 9, 8, 0])))[3].all()
+    # least significant first: every sum digit is free, the carry (decoded last) is 0 or 1
+    assert Addition(3).decode_order == (3, 2, 1, 0)
+    masks = np.asarray(output_masks(Addition(3), jnp.array([0, 9, 9, 8])))
+    assert masks[1:].all()
+    assert masks[0].tolist() == [True, True] + [False] * 8
+    # after three nines the carry cannot be 1: 1999 > 999 + 999
+    nines = np.asarray(output_masks(Addition(3), jnp.array([0, 9, 9, 9])))
+    assert nines[0].tolist() == [True] + [False] * 9
 
 
 def test_bad_settings_and_json_round_trip():

@@ -28,7 +28,6 @@ from ppl.inference.amortized.anesi import (
     log_prob,
     predict,
     train,
-    train_explanation,
 )
 from ppl.inference.amortized.anesi.cli import main
 from ppl.inference.amortized.anesi.data import load_split, sample_examples
@@ -38,7 +37,8 @@ PROGRAM = Addition(1)
 
 @pytest.fixture(scope="module")
 def trained():
-    return train(PROGRAM, settings=TrainingSettings(steps=1500, prior_steps=500, seed=0))
+    return train(PROGRAM, settings=TrainingSettings(steps=1500, prior_steps=500, seed=0,
+                                                    explanation_steps=1000))
 
 
 def test_learns_from_sums_alone(trained):
@@ -50,7 +50,8 @@ def test_learns_from_sums_alone(trained):
 
 
 def test_untrained_network_is_near_chance():
-    untrained = train(PROGRAM, settings=TrainingSettings(steps=0, prior_steps=0, seed=1))
+    untrained = train(PROGRAM, settings=TrainingSettings(steps=0, prior_steps=0, seed=1,
+                                                               explanation_steps=0))
     metrics = evaluate(untrained, num_examples=1000)
     assert metrics["output_accuracy"] < 0.2, metrics
     assert metrics["digit_accuracy"] < 0.3, metrics
@@ -85,6 +86,8 @@ def test_checkpoint_round_trip_and_refusal(trained, tmp_path):
     a, b = trained.predict_outputs(images), loaded.predict_outputs(images)
     np.testing.assert_array_equal(a.digits, b.digits)
     np.testing.assert_allclose(a.probability, b.probability, rtol=1e-6)
+    assert config["explanation_model"] == {"width": 128, "depth": 2}
+    np.testing.assert_array_equal(a.explanation, b.explanation)
     with pytest.raises(ValueError, match=r"trained for addition\(num_digits=1\), not "
                                          r"addition\(num_digits=2\)"):
         ANeSI.load(tmp_path, num_digits=2)
@@ -107,6 +110,17 @@ def test_predict(trained):
     truth = np.asarray(examples.symbols).sum(axis=1)
     assert result.sums.shape == (300,) and result.beliefs.shape == (300, 2, 10)
     np.testing.assert_array_equal(result.sums, result.digits @ np.array([10, 1]))
+    # the explanation always adds up to the predicted sum
+    np.testing.assert_array_equal(result.explanation_a[:, 0] + result.explanation_b[:, 0],
+                                  result.sums)
+    assert np.mean(np.concatenate([result.explanation_a, result.explanation_b], axis=1)
+                   == np.asarray(examples.symbols)) > 0.85
+    np.testing.assert_array_equal(result.alternatives[:, 0], result.sums)
+    beam = predict(trained, images[:, :1], images[:, 1:], beam_width=3)
+    assert beam.alternatives.shape == (300, 3)
+    assert np.all(np.diff(beam.alternative_probabilities, axis=1) <= 1e-6)
+    assert np.all(beam.alternative_probabilities.sum(axis=1) <= 1 + 1e-5)
+    assert all(len(set(row)) == 3 for row in beam.alternatives)
     assert np.mean(result.sums == truth) > 0.7
     assert np.all((result.probability > 0) & (result.probability <= 1))
     with pytest.raises(ValueError, match=r"images_a: pixels look like raw load_digits"):
@@ -116,7 +130,7 @@ def test_predict(trained):
     with pytest.raises(ValueError, match=r"images_a: expected leading shape \('n', 1\)"):
         predict(trained, images, images)
     other = dataclasses.replace(
-        trained, program=SumOfDigits(3),
+        trained, program=SumOfDigits(3), explanation=None,
         inference_model=InferenceModel(jax.random.key(0), program=SumOfDigits(3), width=8))
     with pytest.raises(ValueError, match=r"predict needs an addition model, got one for "
                                          r"sum_of_digits\(num_inputs=3\)"):
@@ -135,7 +149,7 @@ def test_cli(trained, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["program"] == "addition(num_digits=1)" and out["output_accuracy"] > 0.7
     assert main(["train", "--digits", "1", "--out", str(tmp_path / "tiny"), "--steps", "20",
-                 "--prior-steps", "10", "--num-examples", "50"]) == 0
+                 "--prior-steps", "10", "--explanation-steps", "10", "--num-examples", "50"]) == 0
     record = json.loads((tmp_path / "tiny" / "anesi.json").read_text())["record"]
     assert record["test"]["num_examples"] == 50
     assert main(["train", "--digits", "0", "--out", str(tmp_path / "bad")]) == 2
@@ -144,8 +158,7 @@ def test_cli(trained, tmp_path, capsys):
 
 
 def test_explanation_model_finds_the_most_likely_digits(trained):
-    explanation = train_explanation(jax.random.key(0), PROGRAM, steps=1000,
-                                    perception=trained.perception)
+    explanation = trained.explanation
     examples = sample_examples(jax.random.key(1), load_split("test"), PROGRAM, 500)
     p = trained.beliefs(np.asarray(examples.images))
     found, _ = eqx.filter_jit(explain)(explanation, PROGRAM, p, examples.outputs)
