@@ -17,7 +17,8 @@ Two ways to run the simulations, with the same result type and checks:
   of ``chunk_size`` data sets, each chunk one compiled call of
   :func:`ppl.inference.mcmc.batched.batched_sampler` under ``vmap`` (``with_data`` swaps
   pytree leaves, so every chunk reuses the first chunk's program). With several devices the
-  chunk axis is sharded over them (``shard_map``: each device runs its own slice); the last
+  chunk axis is sharded over them (``devices=``, default all; ``shard_map``: each device
+  runs its own slice); the last
   chunk, and a chunk not divisible by the device count, are padded with copies of a real
   simulation whose results are dropped. Finished chunks are written to ``out_dir/chunks/``,
   and a chunk's host work (diagnostics, checkpoint) overlaps the next chunk's computation.
@@ -54,7 +55,7 @@ from ppl.diagnostics.tarp import TARPResult, tarp
 from ppl.infer import as_key, infer
 from ppl.model import AbstractModel
 from ppl.progress import ProgressBar
-from ppl.sharding import shard_leading_axis
+from ppl.sharding import DevicesLike, Placement, gather_to_host, resolve_devices, shard_batch
 
 __all__ = ["BATCHED_METHODS", "DEFAULT_CHUNK_SIZE", "CoverageRun", "coverage"]
 
@@ -392,7 +393,7 @@ def _sampler_settings(method: str, settings: dict) -> dict:
 
 @eqx.filter_jit
 def _vectorized_chunk(model, key_data, data, z_truth, kept_index, sampler_settings, key_impl,
-                      num_devices: int = 1):
+                      placement: Placement | None = None):
     """One chunk of simulations in one compiled call: per data set, the batched sampler,
     the constrained draws, the thinned draws and their densities.
 
@@ -423,12 +424,11 @@ def _vectorized_chunk(model, key_data, data, z_truth, kept_index, sampler_settin
         }
         return record, every, run.info
 
-    if num_devices == 1:
+    if placement is None:
         return jax.vmap(one)(key_data, data, z_truth)
-    spec = jax.sharding.PartitionSpec("sims")
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("sims",))
-    return jax.shard_map(jax.vmap(one), mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
-                         check_vma=False)(key_data, data, z_truth)
+    spec = jax.sharding.PartitionSpec(placement.axis_name)
+    return jax.shard_map(jax.vmap(one), mesh=placement.mesh, in_specs=(spec, spec, spec),
+                         out_specs=spec, check_vma=False)(key_data, data, z_truth)
 
 
 def _per_sim_nan_reduce(fn, x: np.ndarray) -> np.ndarray:
@@ -490,7 +490,7 @@ def _check_chunk_info(info, sims: np.ndarray, sampler_settings: dict) -> None:
 
 
 def _run_vectorized(model, method, settings, sims_data, z_true, run_keys, num_rank_draws,
-                    chunk_size, chunks_dir, progress_bar):
+                    chunk_size, chunks_dir, progress_bar, devices: DevicesLike = None):
     """The chunked, vmapped simulations: ``(records, compiles)`` as the host loop gives."""
     sampler_settings = _sampler_settings(method, settings)
     num_chains, num_draws = sampler_settings["num_chains"], sampler_settings["num_samples"]
@@ -504,9 +504,10 @@ def _run_vectorized(model, method, settings, sims_data, z_true, run_keys, num_ra
     kept_index = thin_draws(np.arange(num_chains * num_draws).reshape(num_chains, num_draws),
                             num_rank_draws)
     num_sims = int(z_true.shape[0])
-    num_devices = len(jax.devices())
+    placement = resolve_devices(devices, "sims")
+    num_devices = placement.num_devices
     # Every call has the same padded batch (one compiled program), a multiple of the device
-    # count so that shard_leading_axis can split it.
+    # count so that it splits without more padding.
     batch = -(-min(chunk_size, num_sims) // num_devices) * num_devices
     key_impl = jax.random.key_impl(run_keys)
     key_data = np.asarray(jax.random.key_data(run_keys))
@@ -519,7 +520,7 @@ def _run_vectorized(model, method, settings, sims_data, z_true, run_keys, num_ra
 
     def finish(c, sims, path, outputs):
         """Bring a dispatched chunk to the host, check it, add diagnostics, checkpoint it."""
-        record, every, info = outputs
+        record, every, info = gather_to_host(outputs)
         real = slice(0, sims.size)  # the mask: the real simulations come first
         info = jax.tree_util.tree_map(lambda x: np.asarray(x)[real], info)
         _check_chunk_info(info, sims, sampler_settings)
@@ -553,13 +554,15 @@ def _run_vectorized(model, method, settings, sims_data, z_true, run_keys, num_ra
                 before = _COMPILES[0]
                 # Padding repeats the chunk's last simulation; its results are dropped.
                 take = np.minimum(np.arange(batch), sims.size - 1) + sims[0]
-                inputs = jax.tree_util.tree_map(
-                    lambda x, take=take: shard_leading_axis(x[take], "sims"),
-                    (key_data, data_np, z_np))
+                inputs = jax.tree_util.tree_map(lambda x, take=take: x[take],
+                                                (key_data, data_np, z_np))
+                if num_devices > 1 or devices is not None:
+                    inputs = shard_batch(inputs, "sims", placement).array
                 # Dispatch is asynchronous: the previous chunk's host work (diagnostics,
                 # checkpoint) runs while this one computes.
                 outputs = _vectorized_chunk(
-                    model, *inputs, kept_index, sampler_settings, key_impl, num_devices)
+                    model, *inputs, kept_index, sampler_settings, key_impl,
+                    placement if num_devices > 1 else None)
                 compiles[sims] = 0
                 compiles[sims[0]] = _COMPILES[0] - before
                 if pending is not None:
@@ -603,6 +606,7 @@ def coverage(
     progress_bar: bool | None = None,
     vectorized: bool | str = "auto",
     chunk_size: int | None = None,
+    devices: DevicesLike = None,
     **settings: Any,
 ) -> CoverageRun:
     """Calibration of an engine on data simulated from the model's prior predictive.
@@ -627,6 +631,12 @@ def coverage(
             :func:`ppl.infer`; ``"auto"`` (default): vectorised where it can be.
         chunk_size: data sets per compiled call and per checkpoint when vectorised (default
             :data:`DEFAULT_CHUNK_SIZE`); a resumed run must use the same.
+        devices: where the simulations run (:func:`ppl.sharding.resolve_devices`; default
+            all devices). Vectorised, each chunk's data sets are split over them (padded to
+            a multiple of their count with copies of a real one, whose results are dropped;
+            the results do not depend on the device count); in the host loop ``devices`` is
+            passed on to the engine. Not part of the checkpoint manifest: a run may resume
+            on other devices.
         **settings: passed to the engine (for NUTS/HMC, ``progress_bar=False`` and
             ``log_likelihood=False`` by default; vectorised, ``progress_bar`` and
             ``log_likelihood`` are ignored and ``warn`` only decides what counts as a
@@ -692,10 +702,11 @@ def coverage(
     if use_vectorized:
         records, compiles = _run_vectorized(
             model, method, settings, data, z_true, run_keys, int(num_rank_draws),
-            int(chunk_size), sims_dir, progress_bar)
+            int(chunk_size), sims_dir, progress_bar, devices)
         return _assemble(method, names, truths, records, compiles, settings, check_key,
                          level, num_bootstrap)
     unconstrain = _unconstrain_fn(model)
+    engine_settings = settings if devices is None else {**settings, "devices": devices}
     records, compiles = [], np.full(num_sims, -1)
     with ProgressBar(num_sims if ProgressBar.wanted(progress_bar) else 0,
                      desc=f"coverage ({method})") as bar:
@@ -708,7 +719,7 @@ def coverage(
                 before = _COMPILES[0]
                 data_i = jax.tree_util.tree_map(lambda v, i=i: v[i], data)
                 record = _run_one(model.with_data(data_i), method, run_keys[i], z_true[i],
-                                  settings, int(num_rank_draws), unconstrain)
+                                  engine_settings, int(num_rank_draws), unconstrain)
                 compiles[i] = _COMPILES[0] - before
                 if path is not None:
                     _save_atomic(path, record)

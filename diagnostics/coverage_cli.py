@@ -3,7 +3,7 @@
 MODEL is a zoo name (``ppl.models.names()``) or ``module:function``, naming either a
 function that returns a ppl Model or a NumPyro model function that needs no arguments
 (built with ``ppl.from_numpyro``). ``--vectorized`` / ``--no-vectorized`` and
-``--chunk-size K`` choose how the data sets run (see
+``--chunk-size K`` choose how the data sets run, ``--devices N`` where (see
 :func:`ppl.diagnostics.coverage.coverage`; default: vectorised where the engine can be).
 The exit status is 0 when every check passes.
 """
@@ -50,6 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=None,
                    help="data sets per compiled call and checkpoint when vectorised "
                    "(default 100)")
+    p.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="run on the first N devices (default: all of them)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="engine setting (JSON value), e.g. --set num_samples=500")
     p.set_defaults(run=run)
@@ -68,7 +70,7 @@ def run(args) -> int:
         model, args.method, num_sims=args.num_sims, key=args.seed, out_dir=args.out,
         resume=not args.no_resume, num_rank_draws=args.num_rank_draws,
         progress_bar=True, vectorized="auto" if args.vectorized is None else args.vectorized,
-        chunk_size=args.chunk_size, **_settings(args.set),
+        chunk_size=args.chunk_size, devices=args.devices, **_settings(args.set),
     )
     summary = write_report(result, args.out, title=f"Calibration of {args.model}")
     for section in ("tarp", "sbc", "coverage"):

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["ALL_PROCESSES", "DevicesLike", "Placement", "ShardedBatch", "gather_to_host",
-           "resolve_devices", "shard_batch", "shard_leading_axis"]
+__all__ = ["ALL_PROCESSES", "DevicesLike", "Placement", "ShardedBatch", "dividing_placement",
+           "gather_to_host", "resolve_devices", "shard_batch", "shard_leading_axis"]
 
 ALL_PROCESSES = "all-processes"
 LOCAL = "local"
@@ -143,6 +143,35 @@ def resolve_devices(devices: DevicesLike = None, axis_name: str = "batch") -> Pl
             f"list of jax devices or a ppl.sharding.Placement, got {devices!r}."
         )
     return Placement(jax.sharding.Mesh(np.array(chosen), (axis_name,)))
+
+
+def dividing_placement(devices: DevicesLike, size: int, axis_name: str = "batch",
+                       what: str = "The batch", stacklevel: int = 3) -> Placement:
+    """The placement of ``devices=`` for a batch of ``size`` rows that must not be padded
+    (the rows interact, as SVGD's particles do: a padding copy would join the population).
+
+    When the device count does not divide ``size``, an explicit ``devices`` (or devices of
+    several processes) is refused with a ``ValueError`` naming both numbers, and the default
+    runs on the most leading devices whose count divides ``size``, with a ``UserWarning``.
+    The result may hold a single device.
+    """
+    placement = resolve_devices(devices, axis_name)
+    num = placement.num_devices
+    if size % num == 0:
+        return placement
+    if devices is not None or placement.multi_process:
+        raise ValueError(
+            f"{what} has {size} {axis_name}s, which do not split evenly over {num} devices "
+            f"(padding would change the population): choose a multiple of {num} "
+            f"{axis_name}s, or devices= a count that divides {size}."
+        )
+    fewer = max(k for k in range(1, num + 1) if size % k == 0)
+    warnings.warn(
+        f"{what}: {size} {axis_name}s do not split evenly over {num} devices; running on "
+        f"{fewer}. Choose a multiple of {num} {axis_name}s to use them all.",
+        UserWarning, stacklevel=stacklevel,
+    )
+    return resolve_devices(placement.devices[:fewer], axis_name)
 
 
 class ShardedBatch(NamedTuple):

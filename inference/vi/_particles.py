@@ -5,7 +5,12 @@ approximation, or from robust prior moments when the mode search fails, as on a 
 unless ``whiten=False``; the model is an argument of the compiled chunk, so
 new data of the same shapes reuse it; iterations run in chunks of a ``lax.scan`` with the
 progress bar and a finiteness check between chunks; the particle axis is sharded over
-devices when there are several.
+the devices of ``devices=`` (:mod:`ppl.sharding`; default all of them) and XLA's SPMD
+partitioner inserts the all-gather that the all-pairs kernel sums need, so the particles
+are the unsharded run's (up to the order of floating-point sums). Padding would add
+particles to the interacting population, so the device count must divide
+``num_particles``: an explicit ``devices=`` that does not is refused, and the default uses
+the most devices that do (with a warning).
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ from ppl.infer import as_key
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
-from ppl.sharding import shard_leading_axis
+from ppl.sharding import (
+    DevicesLike,
+    dividing_placement,
+    gather_to_host,
+    shard_batch,
+    shard_leading_axis,
+)
 
 __all__ = ["ParticleAlgorithm", "ParticleInfo", "run_particle_engine", "shard_particles"]
 
@@ -100,12 +111,18 @@ def run_particle_engine(
     chunk_size: int = 250,
     progress_bar: bool | None = None,
     algorithm_settings: dict | None = None,
+    devices: DevicesLike = None,
 ) -> Posterior:
     """Run a particle algorithm on ``model`` and return the particles as a Posterior.
 
     ``make_algorithm(logdensity_fn, **algorithm_settings) -> ParticleAlgorithm`` must be a
     module-level function (it is a static argument of the compiled chunk); settings are
     passed as arrays so that new values do not recompile.
+
+    ``devices``: where the particles run (:func:`ppl.sharding.resolve_devices`; default all
+    devices of all processes). Their count must divide ``num_particles``: otherwise an
+    explicit ``devices`` is refused (``ValueError``) and the default uses the most devices
+    that divide it, with a ``UserWarning``.
     """
     from ppl.inference.vi.flow import NonFiniteError
     from ppl.inference.vi.flows import laplace_approximation, prior_whitening, sample_prior
@@ -120,6 +137,8 @@ def run_particle_engine(
     chunk_size = min(_check_int("chunk_size", chunk_size), num_iterations)
     if init not in ("laplace", "prior"):
         raise ValueError(f"Expected init 'laplace' or 'prior', got {init!r}.")
+    placement = dividing_placement(devices, num_particles, "particle",
+                                   f"{engine} (num_particles={num_particles})")
     start_time = time.perf_counter()
     lap_key, init_key, run_key = jax.random.split(as_key(key), 3)
     dim = model.dim
@@ -148,7 +167,8 @@ def run_particle_engine(
         u0 = jax.vmap(model.init_position)(jax.random.split(init_key, num_particles))
     if not np.all(np.isfinite(np.asarray(u0))):
         raise ValueError("Expected finite initial particles, got NaN/inf.")
-    u0 = shard_particles(u0)
+    if placement.num_devices > 1 or devices is not None:  # no padding: it divides
+        u0 = shard_batch(u0, "particle", placement).array
     algorithm_settings = {k: jnp.asarray(v) for k, v in (algorithm_settings or {}).items()}
     state = _init(model, loc, scale, u0, make_algorithm, algorithm_settings)
     infos = []
@@ -161,7 +181,7 @@ def run_particle_engine(
             new_state, info = _run_chunk(model, loc, scale, state,
                                          jax.random.fold_in(run_key, chunk),
                                          make_algorithm, algorithm_settings, steps)
-            if not np.all(np.isfinite(np.asarray(new_state.position))):
+            if not np.all(np.isfinite(gather_to_host(new_state.position))):
                 raise NonFiniteError(
                     f"{engine}: particles became non-finite between iterations {done} and "
                     f"{done + steps}; the last good state (iteration {done}) is on this "
@@ -172,7 +192,7 @@ def run_particle_engine(
             infos.append(info)
             done += steps
             bar.update_to(done)
-    z, values = _constrain(model, loc, scale, state.position)
+    z, values = gather_to_host(_constrain(model, loc, scale, state.position))
     history = {
         "mean_abs_direction": np.concatenate([np.asarray(i.mean_abs_direction) for i in infos]),
         "bandwidth": np.concatenate([np.asarray(i.bandwidth) for i in infos]),
@@ -184,7 +204,7 @@ def run_particle_engine(
                      **{k: np.asarray(v).tolist() for k, v in algorithm_settings.items()}},
         "wall_time": time.perf_counter() - start_time,
         "num_gradient_evals": num_particles * num_iterations,
-        "num_devices": len(jax.devices()),
+        "num_devices": placement.num_devices,
         "warnings": [],
     }
     return Posterior(

@@ -137,7 +137,9 @@ def sample_coin_svgd(key, model, **settings):
 
     Settings: ``num_particles`` (100), ``num_iterations`` (1000), ``whiten`` (True: run in
     Laplace-whitened coordinates), ``init`` ("laplace": ``u ~ N(0, I)`` around the mode, or
-    "prior": prior draws), ``progress_bar``. There is no learning rate.
+    "prior": prior draws), ``progress_bar``, ``devices`` (where the particles run, see
+    :func:`ppl.sharding.resolve_devices`; their count must divide ``num_particles``).
+    There is no learning rate.
 
     Returns:
         A :class:`~ppl.Posterior` with the particles as one chain; ``history`` holds the

@@ -1,5 +1,9 @@
 """One process of the distributed tests: NUTS and tempered SMC through ``ppl.infer``.
 
+With ``--particles-coverage`` it runs instead the particle VI engines (coin SVGD, SVGD)
+and the vectorised coverage driver on ``devices=1`` and on every device, for
+``test_particles_and_coverage.py``.
+
 Run as a script (``python _worker.py OUT.npz [--chains 16 14] [--x64] [--coordinator
 127.0.0.1:PORT --num-processes P --process-id I]``); with ``--coordinator`` it joins a
 ``jax.distributed`` job first (gloo CPU collectives), as one host of a cluster would.
@@ -18,6 +22,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--chains", type=int, nargs="*", default=[16])
     parser.add_argument("--smc", action="store_true")
+    parser.add_argument("--particles-coverage", action="store_true")
     parser.add_argument("--x64", action="store_true")
     parser.add_argument("--coordinator")
     parser.add_argument("--num-processes", type=int, default=1)
@@ -43,6 +48,10 @@ def main() -> None:
         sample_prior_fn=lambda key, n: 3.0 * jax.random.normal(key, (n, 2)),
     )
     out = {"device_count": jax.device_count(), "process_count": jax.process_count()}
+    if args.particles_coverage:
+        out.update(_particles_and_coverage(model))
+        np.savez(args.out, **out)
+        return
     for chains in args.chains:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -59,6 +68,44 @@ def main() -> None:
         out["smc_log_evidence"] = post.log_evidence
         out["smc_devices"] = post.meta["num_devices"]
     np.savez(args.out, **out)
+
+
+def _particles_and_coverage(model) -> dict:
+    """Coin SVGD and SVGD (8 particles, 50 iterations) and the coverage driver (6 simulations
+    of the conjugate normal, padded to 8 over 4 devices) on one device and on all."""
+    import importlib
+
+    import ppl
+    from ppl import models
+
+    out = {}
+    every = jax.device_count()
+    for method in ("coin_svgd", "svgd"):
+        for devices in (1, every):
+            post = ppl.infer(model, method, key=0, num_particles=8, num_iterations=50,
+                             progress_bar=False, devices=devices)
+            out[f"{method}_{devices}"] = post.samples["x"]
+            out[f"{method}_{devices}_devices"] = post.meta["num_devices"]
+    try:
+        ppl.infer(model, "coin_svgd", key=0, num_particles=6, num_iterations=5,
+                  progress_bar=False, devices=every)
+        out["refusal"] = ""
+    except ValueError as error:
+        out["refusal"] = str(error)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        post = ppl.infer(model, "coin_svgd", key=0, num_particles=6, num_iterations=5,
+                         progress_bar=False)
+    out["default_6_devices"] = post.meta["num_devices"]
+    out["default_6_warning"] = " ".join(str(w.message) for w in caught)
+    coverage = importlib.import_module("ppl.diagnostics.coverage").coverage
+    for devices in (1, every):
+        run = coverage(models.get("conjugate_normal").build(), "nuts", num_sims=6, key=10,
+                       num_rank_draws=50, vectorized=True, num_chains=2, num_warmup=150,
+                       num_samples=150, devices=devices)
+        out[f"coverage_{devices}_draws"] = run.draws
+        out[f"coverage_{devices}_truths"] = run.truths
+    return out
 
 
 if __name__ == "__main__":
