@@ -61,7 +61,7 @@ from .programs import AbstractProgram, Addition, digits_to_int, program_from_jso
 __all__ = ["TrainingSettings", "ANeSI", "Prediction", "train", "evaluate", "prior_loss", "FORMAT",
            "CONFIG_FILE", "WEIGHTS_FILE", "checkpoint_path", "load_pretrained"]
 
-FORMAT = "ppl.anesi/1"
+FORMAT = "ppl.anesi/2"  # 2: addition decoded least significant first, explanation saved
 CONFIG_FILE = "anesi.json"
 WEIGHTS_FILE = "weights.eqx"
 
