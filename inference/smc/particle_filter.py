@@ -14,6 +14,17 @@ static (hashed by identity) and the observations are arguments, so new data of t
 shape, a new key, or a new particle count of an already seen size reuse the compiled
 program.
 
+With several devices (``devices=``, :mod:`ppl.sharding`) only the per-particle work is split
+over them: each device draws and weights its slice of the particles (``sample_transition``,
+``log_observation``, the proposal). The moved particles and their log-weights are then
+all-gathered, and the population steps (normalising, ESS, the resampling decision and
+draws, the gather of the parents, the filtering moments) run replicated on every device, on
+the same arrays in the same order as on one device; so the log-likelihood, the moments and
+the genealogy are bit for bit those of the one-device run whatever the device count. The
+cost across shards: one all-gather per time step of the moved particles (``N`` times the
+state size) and of the ``N`` log-weights; resampling itself then moves nothing between
+devices. With one device the program is today's, without any sharding.
+
 Example:
     >>> import jax, jax.numpy as jnp
     >>> from ppl.inference import smc
@@ -41,6 +52,7 @@ from ppl.inference.smc import base
 from ppl.inference.smc.resampling import get_resampler
 
 from ppl.prng import PRNG_IMPLS, as_fast_key
+from ppl.sharding import DevicesLike, Placement, dividing_placement, gather_to_host
 
 __all__ = [
     "StateSpaceModel",
@@ -206,7 +218,25 @@ class _Settings(NamedTuple):
     ancestor_sampling: bool = False
 
 
-def _filter_core(key, ssm, proposal, observations, reference, settings: _Settings):
+def _on(tree, sharding):
+    """``tree`` constrained to ``sharding`` (no-op without a placement)."""
+    if sharding is None:
+        return tree
+    return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def _filter_core(key, ssm, proposal, observations, reference, settings: _Settings,
+                 placement: Placement | None = None):
+    # With a placement, the per-particle draws and weights run split over its devices and
+    # everything else replicated (see the module docstring); without, no constraint at all.
+    split = None if placement is None else placement.batch_sharding
+    whole = None if placement is None else placement.replicated
+
+    def per_particle(particles, log_g):
+        # Computed split over the devices, then all-gathered onto every device.
+        particles, log_g = _on((particles, log_g), split)
+        return _on((particles, log_g), whole)
+
     n = settings.num_particles
     resample_fn = get_resampler(settings.resampling)
     threshold = settings.ess_threshold
@@ -238,12 +268,20 @@ def _filter_core(key, ssm, proposal, observations, reference, settings: _Setting
             + ssm.log_observation(0, particles, y0)
             - proposal.log_initial(particles, y0)
         )
+    if placement is not None:
+        particles, log_g = per_particle(particles, log_g)
     log_w0, w0, log_total0, ess0 = _summarise(log_g)
     carry = _Carry(particles, log_w0, log_total0 - jnp.log(n), ess0)
     num_nan0 = jnp.sum(jnp.isnan(log_g))
     all_zero0 = ~jnp.isfinite(carry.log_normalizer)
 
     def move(t, key, parents):
+        if placement is not None:
+            new, log_g = _move(t, key, _on(parents, split))
+            return per_particle(new, log_g)
+        return _move(t, key, parents)
+
+    def _move(t, key, parents):
         if proposal is None:
             new = ssm.sample_transition(key, t, parents)
             new = set_reference(new, t)
@@ -411,6 +449,7 @@ def particle_filter(
     store_history: bool = False,
     prng_impl: str | None = "threefry_fused",
     store_moments: bool = True,
+    devices: DevicesLike = None,
 ) -> ParticleFilterResult:
     """Run a bootstrap (or, with ``proposal``, guided) particle filter.
 
@@ -429,6 +468,12 @@ def particle_filter(
             CPU), "rbg", "unsafe_rbg", or None to keep the key's own.
         store_moments: compute the filtering means and variances (False: they are None;
             a caller that needs only the likelihood, such as PMMH, saves a pass per step).
+        devices: where the particles are drawn and weighted
+            (:func:`ppl.sharding.resolve_devices`; default all devices). ``N`` must divide
+            by their count: otherwise an explicit ``devices`` is refused and the default
+            uses the most devices that divide ``N``, with a warning. Resampling runs
+            replicated after an all-gather of the moved particles and log-weights every
+            step, so the result is bit for bit the one-device result (module docstring).
 
     Returns:
         A :class:`ParticleFilterResult`.
@@ -440,12 +485,28 @@ def particle_filter(
     result = _filter(key, ssm, observations, None, num_particles=num_particles,
                      resampling=resampling, ess_threshold=ess_threshold, proposal=proposal,
                      store_history=store_history, prng_impl=prng_impl,
-                     store_moments=store_moments)
+                     store_moments=store_moments, devices=devices)
     return result
 
 
+def _replicated(tree, placement: Placement):
+    """``tree`` (arrays, PRNG keys) as a full copy on every device of ``placement`` (each
+    process places its own copies, so this works across processes too)."""
+
+    def one(leaf):
+        if hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = one(jax.random.key_data(leaf))
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+        host = np.asarray(gather_to_host(leaf))
+        return jax.make_array_from_callback(host.shape, placement.replicated,
+                                            lambda index: host[index])
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def _filter(key, ssm, observations, reference, *, num_particles, resampling, ess_threshold,
-            proposal, store_history, prng_impl, store_moments=True, ancestor_sampling=False):
+            proposal, store_history, prng_impl, store_moments=True, ancestor_sampling=False,
+            devices: DevicesLike = 1):
     if not isinstance(ssm, StateSpaceModel):
         raise TypeError(f"Expected a smc.StateSpaceModel, got {type(ssm).__name__}.")
     settings = _checked_settings(num_particles, resampling, ess_threshold, prng_impl,
@@ -457,9 +518,19 @@ def _filter(key, ssm, observations, reference, *, num_particles, resampling, ess
             "filter (the weights need f_t / q_t), got None."
         )
     observations = _check_observations(observations)
+    placement = dividing_placement(devices, settings.num_particles, "particle",
+                                   "The particle filter", stacklevel=4)
+    num_devices = placement.num_devices
     start = time.perf_counter()
-    out = _run_filter(key, ssm, proposal, observations, reference, settings)
-    out = jax.block_until_ready(out)
+    if num_devices == 1:
+        out = _run_filter(key, ssm, proposal, observations, reference, settings)
+        out = jax.block_until_ready(out)
+    else:
+        key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+        inputs = _replicated((key, observations, reference), placement)
+        out = _run_filter(*inputs[:1], ssm, proposal, *inputs[1:], settings, placement)
+        # Every process gets the whole result, back on this process's default device.
+        out = jax.tree_util.tree_map(jnp.asarray, gather_to_host(out))
     base.raise_on_bad_steps(out["num_nan"], out["all_zero"], what="time step")
     return ParticleFilterResult(
         log_likelihood=out["log_likelihood"],
@@ -476,6 +547,7 @@ def _filter(key, ssm, observations, reference, *, num_particles, resampling, ess
             "wall_time": time.perf_counter() - start,
             "settings": settings._asdict(),
             "guided": proposal is not None,
+            "num_devices": num_devices,
         },
     )
 
@@ -514,6 +586,7 @@ def sample_particle_filter(
     ess_threshold: float = 0.5,
     num_trajectories: int = 1000,
     prng_impl: str | None = "threefry_fused",
+    devices: DevicesLike = None,
 ):
     """The particle-filter engine: ``ppl.infer(model, "particle_filter", key=..., ...)``.
 
@@ -539,6 +612,8 @@ def sample_particle_filter(
         ess_threshold: resample when ``ESS < ess_threshold * N``.
         num_trajectories: number of smoothed trajectories returned.
         prng_impl: PRNG implementation inside the filter (see :func:`as_fast_key`).
+        devices: where the particles are drawn and weighted (see :func:`particle_filter`;
+            the same draws and evidence whatever the device count).
 
     Returns:
         A :class:`~ppl.Posterior` with site ``"x"`` shaped ``(1, num_trajectories, T, ...)``
@@ -558,7 +633,7 @@ def sample_particle_filter(
     filter_key, trace_key = jax.random.split(as_key(key))
     result = particle_filter(
         filter_key, ssm, observations, num_particles=num_particles, resampling=resampling,
-        ess_threshold=ess_threshold, store_history=True, prng_impl=prng_impl,
+        ess_threshold=ess_threshold, store_history=True, prng_impl=prng_impl, devices=devices,
     )
     paths = result.smoothed_trajectories(trace_key, num_trajectories)
     leaves = jax.tree_util.tree_leaves_with_path(paths)
@@ -591,6 +666,7 @@ def sample_particle_filter(
         "wall_time": time.perf_counter() - start,
         "num_gradient_evals": 0,
         "num_resampling_steps": int(np.sum(history["resampled"])),
+        "num_devices": result.meta["num_devices"],
         "warnings": [],
     }
     return Posterior(samples=samples, log_evidence=float(result.log_likelihood),

@@ -2,7 +2,11 @@
 
 With ``--particles-coverage`` it runs instead the particle VI engines (coin SVGD, SVGD)
 and the vectorised coverage driver on ``devices=1`` and on every device, for
-``test_particles_and_coverage.py``.
+``test_particles_and_coverage.py``. With ``--particle-filter`` it runs the particle filter
+on the zoo's LGSSM (64 particles) on ``devices=1`` and on every device, and the refusal of
+6 particles on every device; with ``--coverage-small`` the vectorised coverage driver at
+its tiniest (4 simulations, NUTS 2 x 50) on every device of every process; both for
+``test_particle_filter_sharded.py``.
 
 Run as a script (``python _worker.py OUT.npz [--chains 16 14] [--x64] [--coordinator
 127.0.0.1:PORT --num-processes P --process-id I]``); with ``--coordinator`` it joins a
@@ -23,6 +27,8 @@ def main() -> None:
     parser.add_argument("--chains", type=int, nargs="*", default=[16])
     parser.add_argument("--smc", action="store_true")
     parser.add_argument("--particles-coverage", action="store_true")
+    parser.add_argument("--particle-filter", action="store_true")
+    parser.add_argument("--coverage-small", action="store_true")
     parser.add_argument("--x64", action="store_true")
     parser.add_argument("--coordinator")
     parser.add_argument("--num-processes", type=int, default=1)
@@ -50,6 +56,10 @@ def main() -> None:
     out = {"device_count": jax.device_count(), "process_count": jax.process_count()}
     if args.particles_coverage:
         out.update(_particles_and_coverage(model))
+        np.savez(args.out, **out)
+        return
+    if args.particle_filter or args.coverage_small:
+        out.update(_particle_filter() if args.particle_filter else _coverage_small())
         np.savez(args.out, **out)
         return
     for chains in args.chains:
@@ -105,6 +115,49 @@ def _particles_and_coverage(model) -> dict:
                        num_samples=150, devices=devices)
         out[f"coverage_{devices}_draws"] = run.draws
         out[f"coverage_{devices}_truths"] = run.truths
+    return out
+
+
+def _particle_filter() -> dict:
+    """The LGSSM particle filter (64 particles) on one device and on all; 6 on all."""
+    from ppl.models.state_space import lgssm_state_space
+
+    import ppl
+    from ppl import models
+
+    model, state_space = models.get("lgssm").build(), lgssm_state_space()
+    out = {}
+    every = jax.device_count()
+    for devices in (1, every):
+        post = ppl.infer(model, "particle_filter", key=0, state_space=state_space,
+                         num_particles=64, num_trajectories=32, devices=devices)
+        out[f"pf_{devices}_x"] = post.samples["x"]
+        out[f"pf_{devices}_log_evidence"] = post.log_evidence
+        out[f"pf_{devices}_devices"] = post.meta["num_devices"]
+        for name, value in post.history.items():
+            out[f"pf_{devices}_history_{name}"] = value
+    try:
+        ppl.infer(model, "particle_filter", key=0, state_space=state_space, num_particles=6,
+                  num_trajectories=4, devices=every)
+        out["pf_refusal"] = ""
+    except ValueError as error:
+        out["pf_refusal"] = str(error)
+    return out
+
+
+def _coverage_small() -> dict:
+    """The vectorised coverage driver at its tiniest, on every device of every process."""
+    import importlib
+
+    from ppl import models
+
+    coverage = importlib.import_module("ppl.diagnostics.coverage").coverage
+    run = coverage(models.get("conjugate_normal").build(), "nuts", num_sims=4, key=10,
+                   num_rank_draws=50, vectorized=True, num_chains=2, num_warmup=50,
+                   num_samples=50)
+    out = {"coverage_draws": run.draws, "coverage_truths": run.truths}
+    if run.log_likelihood_draws is not None:
+        out["coverage_log_likelihood_draws"] = run.log_likelihood_draws
     return out
 
 
