@@ -56,6 +56,7 @@ from ppl.infer import as_key, infer
 from ppl.model import AbstractModel
 from ppl.progress import ProgressBar
 from ppl.sharding import DevicesLike, Placement, gather_to_host, resolve_devices, shard_batch
+from ppl.validation import check_count
 
 __all__ = ["BATCHED_METHODS", "DEFAULT_CHUNK_SIZE", "CoverageRun", "coverage"]
 
@@ -652,11 +653,8 @@ def coverage(
     """
     if not isinstance(model, AbstractModel):
         raise TypeError(f"Expected a ppl Model, got {type(model).__name__}.")
-    if isinstance(num_sims, bool) or not isinstance(num_sims, (int, np.integer)) or num_sims < 2:
-        raise ValueError(f"Expected num_sims to be an integer >= 2, got {num_sims!r}.")
-    if isinstance(num_rank_draws, bool) or not isinstance(num_rank_draws, (int, np.integer)) \
-            or num_rank_draws < 1:
-        raise ValueError(f"Expected num_rank_draws to be an integer >= 1, got {num_rank_draws!r}.")
+    check_count("num_sims", num_sims, 2)
+    check_count("num_rank_draws", num_rank_draws)
     if not 0.0 < level < 1.0:
         raise ValueError(f"Expected level in (0, 1), got {level!r}.")
     if method in ("nuts", "hmc"):
@@ -665,9 +663,8 @@ def coverage(
     use_vectorized = _resolve_vectorized(vectorized, method, settings)
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK_SIZE
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
-            or chunk_size < 1:
-        raise ValueError(f"Expected chunk_size to be an integer >= 1, got {chunk_size!r}.")
+    else:
+        check_count("chunk_size", chunk_size)
     key = as_key(key)
     _listen_to_compiles()
     prior_key, sim_key, run_key, check_key = jax.random.split(key, 4)

@@ -38,6 +38,8 @@ import numpy as np
 import scipy.stats
 from jaxtyping import Array, Float, Int
 
+from ppl.validation import check_count
+
 __all__ = ["TARPResult", "tarp", "tarp_credibility"]
 
 
@@ -261,12 +263,8 @@ def tarp(
         True
     """
     num_sims, num_draws, dim = _check_inputs(draws, truths)
-    if isinstance(num_bootstrap, bool) or not isinstance(num_bootstrap, (int, np.integer)) \
-            or num_bootstrap < 0:
-        raise ValueError(f"Expected num_bootstrap to be an integer >= 0, got {num_bootstrap!r}.")
-    if isinstance(num_alpha, bool) or not isinstance(num_alpha, (int, np.integer)) \
-            or num_alpha < 2:
-        raise ValueError(f"Expected num_alpha to be an integer >= 2, got {num_alpha!r}.")
+    check_count("num_bootstrap", num_bootstrap, 0)
+    check_count("num_alpha", num_alpha, 2)
     if not 0.0 < band_level < 1.0:
         raise ValueError(f"Expected band_level in (0, 1), got {band_level!r}.")
     ref_key, boot_key, tie_key = jax.random.split(key, 3)

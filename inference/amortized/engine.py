@@ -27,6 +27,7 @@ import numpy as np
 
 from ppl.model import LogDensityModel, from_logdensity
 from ppl.posterior import Posterior
+from ppl.validation import check_count
 
 from .families import AbstractFamily, get_family
 from .gmm import GaussianMixture
@@ -159,8 +160,7 @@ def infer_distribution_transformer(
     if model.dim != amortizer.family.dim:
         raise ValueError(f"Expected a model of {amortizer.family.dim} parameters for the "
                          f"amortizer of family {amortizer.family.name!r}, got {model.dim}.")
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"Expected num_samples to be an int >= 1, got {num_samples!r}.")
+    check_count("num_samples", num_samples)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PriorOutsideTrainingWarning)
         mixture = amortizer.posterior(np.asarray(held["data"]), np.asarray(held["mask"]),

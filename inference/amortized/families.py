@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from ppl.validation import check_count
+
 from .gmm import ConjugatePosterior, GaussianMixture, linear_gaussian_posterior
 
 __all__ = [
@@ -58,10 +60,6 @@ __all__ = [
 # Relative slack when checking a prior against the hyper-distribution's bounds (float32).
 _RANGE_TOLERANCE = 1e-5
 
-
-def _positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Expected {name} to be an int >= {minimum}, got {value!r}.")
 
 
 def _positive_float(name, value, minimum=0.0, strict=True):
@@ -95,8 +93,8 @@ class MixtureHyperprior:
     concentration: float = 1.0
 
     def __post_init__(self):
-        _positive_int("max_components", self.max_components)
-        _positive_int("min_components", self.min_components)
+        check_count("max_components", self.max_components)
+        check_count("min_components", self.min_components)
         if self.min_components > self.max_components:
             raise ValueError(f"Expected min_components <= max_components "
                              f"({self.max_components}), got {self.min_components}.")
@@ -304,8 +302,8 @@ def _check_common(family):
         raise ValueError(f"Expected a non-empty family name, got {family.name!r}.")
     if hasattr(family, "noise_sd"):
         _positive_float("noise_sd", family.noise_sd)
-    _positive_int("max_points", family.max_points)
-    _positive_int("min_points", family.min_points, minimum=0)
+    check_count("max_points", family.max_points)
+    check_count("min_points", family.min_points, minimum=0)
     if family.min_points > family.max_points:
         raise ValueError(f"Expected min_points <= max_points ({family.max_points}), got "
                          f"{family.min_points}.")
@@ -335,7 +333,7 @@ class GaussianMeanFamily(AbstractFamily):
     hyperprior: MixtureHyperprior = MixtureHyperprior()
 
     def __post_init__(self):
-        _positive_int("dim", self.dim)
+        check_count("dim", self.dim)
         _check_common(self)
 
     @property
@@ -390,7 +388,7 @@ class LinearRegressionFamily(AbstractFamily):
     hyperprior: MixtureHyperprior = MixtureHyperprior()
 
     def __post_init__(self):
-        _positive_int("num_coefficients", self.num_coefficients)
+        check_count("num_coefficients", self.num_coefficients)
         _check_common(self)
         if self.design not in DESIGNS:
             raise ValueError(f"Expected design in {DESIGNS}, got {self.design!r}.")
@@ -459,7 +457,7 @@ class LogisticRegressionFamily(AbstractFamily):
     hyperprior: MixtureHyperprior = MixtureHyperprior()
 
     def __post_init__(self):
-        _positive_int("num_coefficients", self.num_coefficients, minimum=2)
+        check_count("num_coefficients", self.num_coefficients, minimum=2)
         _positive_float("covariate_sd", self.covariate_sd)
         _check_common(self)
 

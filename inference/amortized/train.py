@@ -42,6 +42,7 @@ from jaxtyping import Array, Float
 
 from ppl.infer import as_key
 from ppl.progress import ProgressBar
+from ppl.validation import check_count
 
 from .families import AbstractFamily, family_from_json, family_names, family_to_json, get_family
 from .gmm import GaussianMixture
@@ -96,13 +97,8 @@ class TrainingSettings:
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "chunk_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be an int >= 1, got {value!r}.")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                or self.warmup_steps < 0:
-            raise ValueError(f"Expected warmup_steps to be an int >= 0, got "
-                             f"{self.warmup_steps!r}.")
+            check_count(name, getattr(self, name))
+        check_count("warmup_steps", self.warmup_steps, 0)
         for name in ("learning_rate", "clip_norm"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
@@ -282,10 +278,7 @@ def train(
         weight_decay=weight_decay, warmup_steps=warmup_steps,
         final_learning_rate=final_learning_rate, clip_norm=clip_norm,
         chunk_size=min(chunk_size, steps))
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
-            or checkpoint_every < 1:
-        raise ValueError(f"Expected checkpoint_every to be an int >= 1, got "
-                         f"{checkpoint_every!r}.")
+    check_count("checkpoint_every", checkpoint_every)
     key = as_key(key)
     key_data = _key_data(key)
     config = make_config(family, **(architecture or {}))

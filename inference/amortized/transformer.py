@@ -58,6 +58,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from ppl.validation import check_count
+
 from .gmm import GaussianMixture, multiply_gaussian_site
 
 __all__ = ["TransformerConfig", "DistributionTransformer", "HEADS", "data_standardization",
@@ -103,9 +105,7 @@ class TransformerConfig:
     def __post_init__(self):
         for name in ("dim", "data_dim", "max_points", "width", "depth", "num_heads",
                      "mlp_width"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected {name} to be an int >= 1, got {value!r}.")
+            check_count(name, getattr(self, name))
         if self.width % self.num_heads:
             raise ValueError(f"Expected width divisible by num_heads ({self.num_heads}), got "
                              f"{self.width}.")

@@ -47,11 +47,11 @@ from ppl.inference.mcmc.sampler import (
     STUCK_CHAIN_ACTIONS,
     _chain_functions,
     _check_model,
-    _positive_int,
     _Settings,
 )
 
 from ppl.model import AbstractModel
+from ppl.validation import check_count
 
 __all__ = ["BatchedInfo", "BatchedRun", "SETTINGS", "batched_sampler", "initial_positions",
            "split_rhat"]
@@ -223,15 +223,15 @@ def batched_sampler(
         raise ValueError(f"Expected stuck_chains one of {', '.join(STUCK_CHAIN_ACTIONS)}, got "
                          f"{stuck_chains!r}.")
     settings = _Settings(
-        algorithm=algorithm, num_chains=_positive_int("num_chains", num_chains),
-        num_warmup=_positive_int("num_warmup", num_warmup, 0),
-        num_samples=_positive_int("num_samples", num_samples),
-        thinning=_positive_int("thinning", thinning), target_accept=float(target_accept),
+        algorithm=algorithm, num_chains=check_count("num_chains", num_chains),
+        num_warmup=check_count("num_warmup", num_warmup, 0),
+        num_samples=check_count("num_samples", num_samples),
+        thinning=check_count("thinning", thinning), target_accept=float(target_accept),
         dense_mass=bool(dense_mass), max_tree_depth=int(max_tree_depth),
         num_integration_steps=int(num_integration_steps),
         initial_step_size=float(initial_step_size), stuck_chains=stuck_chains,
     )
-    num_init_tries = _positive_int("num_init_tries", num_init_tries)
+    num_init_tries = check_count("num_init_tries", num_init_tries)
     num_warmup, num_samples, thinning = (settings.num_warmup, settings.num_samples,
                                          settings.thinning)
     total = num_warmup + num_samples * thinning

@@ -29,6 +29,7 @@ from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
 from ppl.sharding import DevicesLike, Placement, gather_to_host, resolve_devices, shard_batch
+from ppl.validation import check_count
 
 __all__ = ["sample", "sample_nuts", "sample_hmc", "find_initial_positions",
            "find_stuck_chains"]
@@ -462,11 +463,6 @@ def _check_model(model) -> None:
         )
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Expected {name} to be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
 
 def _warn_on_problems(
     post_samples: dict, stats: dict, meta: dict, z_draws: np.ndarray
@@ -572,10 +568,10 @@ def sample(
     _check_model(model)
     if algorithm not in ("nuts", "hmc"):
         raise ValueError(f"Expected algorithm 'nuts' or 'hmc', got {algorithm!r}.")
-    num_chains = _positive_int("num_chains", num_chains)
-    num_warmup = _positive_int("num_warmup", num_warmup, 0)
-    num_samples = _positive_int("num_samples", num_samples)
-    thinning = _positive_int("thinning", thinning)
+    num_chains = check_count("num_chains", num_chains)
+    num_warmup = check_count("num_warmup", num_warmup, 0)
+    num_samples = check_count("num_samples", num_samples)
+    thinning = check_count("thinning", thinning)
     if not 0.0 < float(target_accept) < 1.0:
         raise ValueError(f"Expected target_accept in (0, 1), got {target_accept!r}.")
     if stuck_chains not in STUCK_CHAIN_ACTIONS:

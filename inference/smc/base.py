@@ -42,6 +42,8 @@ from ppl.inference.smc.resampling import (
     normalize_log_weights,
 )
 
+from ppl.validation import check_count
+
 __all__ = [
     "SMCState",
     "SMCInfo",
@@ -107,14 +109,8 @@ def check_ess_threshold(ess_threshold: float) -> float:
 
 
 def check_num_particles(num_particles: int, name: str = "num_particles") -> int:
-    """Refuse zero or negative particle counts (and non-integers)."""
-    try:
-        integral = not isinstance(num_particles, bool) and int(num_particles) == num_particles
-    except (TypeError, ValueError):  # None, a string, an array of several values
-        integral = False
-    if not integral or num_particles < 1:
-        raise ValueError(f"Expected {name} to be a positive integer, got {num_particles!r}.")
-    return int(num_particles)
+    """Refuse zero or negative particle counts and non-integers (as every engine does)."""
+    return check_count(name, num_particles)
 
 
 def gather(particles: Any, indices: Int[Array, " n"], *, host: bool = False) -> Any:

@@ -35,6 +35,7 @@ from ppl.sharding import (
     shard_batch,
     shard_leading_axis,
 )
+from ppl.validation import check_count
 
 __all__ = ["ParticleAlgorithm", "ParticleInfo", "run_particle_engine", "shard_particles"]
 
@@ -91,10 +92,6 @@ def _constrain(model, loc, scale, u):
     return z, jax.vmap(model.to_constrained)(z)
 
 
-def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Expected {name} to be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def run_particle_engine(
@@ -132,9 +129,9 @@ def run_particle_engine(
     if model.discrete_sites:
         raise ValueError(f"{engine} needs continuous latents; got discrete site(s) "
                          f"{list(model.discrete_sites)}: marginalise them out in the model.")
-    num_particles = _check_int("num_particles", num_particles, 2)
-    num_iterations = _check_int("num_iterations", num_iterations)
-    chunk_size = min(_check_int("chunk_size", chunk_size), num_iterations)
+    num_particles = check_count("num_particles", num_particles, 2)
+    num_iterations = check_count("num_iterations", num_iterations)
+    chunk_size = min(check_count("chunk_size", chunk_size), num_iterations)
     if init not in ("laplace", "prior"):
         raise ValueError(f"Expected init 'laplace' or 'prior', got {init!r}.")
     placement = dividing_placement(devices, num_particles, "particle",

@@ -52,6 +52,7 @@ from ppl.infer import as_key
 from ppl.model import AbstractModel
 from ppl.posterior import Posterior
 from ppl.progress import ProgressBar
+from ppl.validation import check_count
 
 __all__ = ["FlowVIState", "FlowVIInfo", "FlowVIResult", "NonFiniteError", "elbo", "init",
            "build_step", "fit", "fit_flow_vi", "load_flow"]
@@ -293,10 +294,6 @@ def load_flow(path, like=None):
         return eqx.tree_deserialise_leaves(f, skeleton)
 
 
-def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"Expected {name} to be an integer >= {minimum}, got {value!r}.")
-    return int(value)
 
 
 def fit(
@@ -355,9 +352,9 @@ def fit(
     if model.discrete_sites:
         raise ValueError(f"Flow VI needs continuous latents; got discrete site(s) "
                          f"{list(model.discrete_sites)}: marginalise them out in the model.")
-    num_steps = _check_int("num_steps", num_steps)
-    num_samples = _check_int("num_samples", num_samples)
-    chunk_size = _check_int("chunk_size", min(chunk_size, num_steps))
+    num_steps = check_count("num_steps", num_steps)
+    num_samples = check_count("num_samples", num_samples)
+    chunk_size = check_count("chunk_size", min(chunk_size, num_steps))
     if not (isinstance(learning_rate, (int, float)) and np.isfinite(learning_rate)
             and learning_rate > 0):
         raise ValueError(f"Expected learning_rate > 0, got {learning_rate!r}.")
@@ -535,7 +532,7 @@ def _to_posterior(result: FlowVIResult, key, model, num_draws, importance_resamp
                   num_proposals, warn):
     draw_key, resample_key = jax.random.split(key)
     if importance_resample:
-        num_proposals = _check_int("num_proposals", num_proposals or
+        num_proposals = check_count("num_proposals", num_proposals or
                                    PROPOSALS_PER_DRAW * num_draws, num_draws)
     else:
         num_proposals = num_draws
@@ -629,7 +626,7 @@ def fit_flow_vi(key, model: AbstractModel, *, num_draws: int = 2000,
         >>> post.meta["khat"] < 0.7
         True
     """
-    num_draws = _check_int("num_draws", num_draws, 10)
+    num_draws = check_count("num_draws", num_draws, 10)
     fit_key, draw_key = jax.random.split(as_key(key))
     base = settings.pop("base", "auto")
     if base not in ("auto", *_flows.FLOW_BASES):

@@ -239,7 +239,7 @@ def _count_row(bad):
         raise ValueError(" | ".join(errors))
 
     def expect(engine):
-        one = r"Expected {} to be (an integer >= \d+|a positive integer), got {}\."
+        one = r"Expected {} to be an integer >= \d+, got {}\."
         return Raises(ValueError, r" \| ".join(one.format(name, re.escape(repr(bad)))
                                                for name in COUNTS[engine]) + "$")
 
@@ -381,6 +381,7 @@ TABLE = [
     Case("count_zero", *_count_row(0), needs="count"),
     Case("count_negative", *_count_row(-1), needs="count"),
     Case("count_not_an_integer", *_count_row(2.5), needs="count"),
+    Case("count_an_integral_float", *_count_row(3.0), needs="count"),
     Case("count_none", *_count_row(None), needs="count"),
     Case("count_a_string", *_count_row("3"), needs="count"),
     # The key.

@@ -72,7 +72,7 @@ def test_engine_refuses_what_it_cannot_run(tmp_path):
     model = family_model(family, prior, _data(family, prior, 1))
     with pytest.raises(ValueError, match="Expected amortizer="):
         ppl.infer(model, "distribution_transformer", key=0)
-    with pytest.raises(ValueError, match="num_samples to be an int >= 1"):
+    with pytest.raises(ValueError, match="num_samples to be an integer >= 1"):
         ppl.infer(model, "distribution_transformer", key=0, amortizer="gaussian_mean_2d",
                   num_samples=0)
     other = family_model("linear_regression", GaussianMixture.from_weights(

@@ -42,7 +42,7 @@ def test_registry_and_plain_descriptions():
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: GaussianMeanFamily("g", dim=0), "dim to be an int >= 1"),
+        (lambda: GaussianMeanFamily("g", dim=0), "dim to be an integer >= 1"),
         (lambda: GaussianMeanFamily("g", dim=1, noise_sd=0.0), "noise_sd > 0"),
         (lambda: GaussianMeanFamily("g", dim=1, min_points=5, max_points=3),
          r"min_points <= max_points \(3\)"),

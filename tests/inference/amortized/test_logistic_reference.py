@@ -41,7 +41,7 @@ def test_logistic_family_description_simulator_and_likelihood():
                                np.sum(np.where(mask, expected, 0.0)), rtol=1e-5)
     with pytest.raises(ValueError, match="is not conjugate"):
         family.exact_posterior(prior, data, mask)
-    with pytest.raises(ValueError, match="num_coefficients to be an int >= 2"):
+    with pytest.raises(ValueError, match="num_coefficients to be an integer >= 2"):
         LogisticRegressionFamily("l", num_coefficients=1)
 
 

@@ -120,7 +120,7 @@ def test_resumed_run_ends_with_the_same_weights(trained, tmp_path):
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(ValueError, match="Expected steps to be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="Expected steps to be an integer >= 1, got 0"):
         TrainingSettings(steps=0)
     with pytest.raises(ValueError, match="Expected learning_rate > 0"):
         TrainingSettings(steps=10, learning_rate=-1.0)

@@ -26,7 +26,7 @@ def test_settings_are_checked_before_any_work(testbed, problems):
     prompts = [p.prompt for p in problems]
     with pytest.raises(ValueError, match="method one of best_of_n, .*particle_gibbs"):
         _run(testbed, prompts, method="particle_smoother")
-    with pytest.raises(ValueError, match="num_particles to be a positive integer"):
+    with pytest.raises(ValueError, match="num_particles to be an integer >= 1"):
         llm.run("particle_filter", *testbed, prompts, key=0, num_particles=0,
                 reward=lambda p, t: [1.0] * len(t))
     with pytest.raises(ValueError, match="Expected a reward for method 'particle_filter'.*"
