@@ -5,6 +5,7 @@ through :func:`ppl.infer`, and check the answer with :mod:`ppl.diagnostics`.
 """
 
 from ppl import config as _config
+from ppl import cpu_linalg as _cpu_linalg
 from ppl.infer import infer
 from ppl.model import AbstractModel, LogDensityModel, from_logdensity
 from ppl.numpyro_model import NumPyroModel, from_numpyro
@@ -14,6 +15,8 @@ from ppl.registry import available_engines, register_engine
 Model = AbstractModel
 
 _config.enable_compilation_cache(unless_disabled=True)
+# jaxlib 0.10's batched LAPACK kernels can deadlock XLA's CPU thread pool (ppl/cpu_linalg.py).
+_cpu_linalg.apply()
 
 # Subpackages load on first use (``ppl.diagnostics.coverage(...)`` after ``import ppl``), so
 # that ``import ppl`` stays light.

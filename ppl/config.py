@@ -9,8 +9,8 @@ explicit ``JAX_COMPILATION_CACHE_DIR`` (read by JAX itself) always wins.
 A process that compiles tens of thousands of programs runs out of memory mappings (Linux's
 ``vm.max_map_count``, 65,530 by default; about three per compiled XLA CPU program) and XLA
 then fails inside a compilation: call ``jax.clear_caches()`` now and then (the test suite
-does after every module). The intermittent hang of a vmapped gp_pois_regr gradient in long
-test runs is something else (it hung with 3,800 mappings held) and is not understood.
+does after every module). (The vmapped gp_pois_regr gradient that hung in long test runs
+was something else: a deadlock of batched LAPACK calls, cured in ``ppl/cpu_linalg.py``.)
 """
 
 from __future__ import annotations

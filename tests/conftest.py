@@ -42,8 +42,7 @@ def _release_compiled_programs():
     Every XLA CPU executable keeps about three memory mappings of JIT-compiled code, and the
     suite compiles thousands of programs: by three quarters of a full run one process held
     about 45,000 mappings, near Linux's default ``vm.max_map_count`` of 65,530. Past it,
-    XLA fails inside a compilation (SIGABRT in a fresh-clone CI run) or, it seems, waits
-    forever (the intermittent gp_pois_regr "hang" at the same depth of the suite).
+    XLA fails inside a compilation (SIGABRT in a fresh-clone CI run).
     ``jax.clear_caches()`` releases them; recompiling is served by the persistent cache.
     """
     yield

@@ -68,19 +68,10 @@ def _evaluate(name: str, model):
 CENTERED = "eight_schools-eight_schools_centered"
 
 
-# gp_pois_regr: evaluating the gradient at all 10,000 reference draws in one vmapped program
-# hangs inside XLA on CPU (jaxlib 0.10.2; every thread idle; a batched triangular solve in
-# the stack), intermittently and only in full-suite runs, with few memory mappings held (so
-# not the map exhaustion of tests/conftest.py). No reduced reproduction exists yet.
-_HANGS = {"gp_pois_regr-gp_pois_regr"}
-_HANG_REASON = "intermittent XLA CPU hang in this GP's 10,000-draw vmapped gradient (_HANGS)"
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.skip(reason=_HANG_REASON))
-    if n in _HANGS else n
-    for n in sorted(POSTERIORS)
-])
+# gp_pois_regr's 10,000-draw vmapped gradient holds two independent batched Cholesky
+# factorisations, the program that deadlocked jaxlib 0.10's CPU thread pool before
+# ppl/cpu_linalg.py; it runs here as every other posterior.
+@pytest.mark.parametrize("name", sorted(POSTERIORS))
 def test_reference_draws_fit_the_program(name, posteriordb_dir):
     model = models.get(f"posteriordb/{name}").build()
     value, grad, shifted = _evaluate(name, model)
