@@ -69,8 +69,8 @@ CENTERED = "eight_schools-eight_schools_centered"
 
 
 # gp_pois_regr's 10,000-draw vmapped gradient holds two independent batched Cholesky
-# factorisations, the program that deadlocked jaxlib 0.10's CPU thread pool before
-# ppl/cpu_linalg.py; it runs here as every other posterior.
+# factorisations: the program shape that deadlocks jaxlib 0.10's CPU thread pool unless
+# ppl/cpu_linalg.py splits the batch (tests/core/test_cpu_linalg.py has the reproduction).
 @pytest.mark.parametrize("name", sorted(POSTERIORS))
 def test_reference_draws_fit_the_program(name, posteriordb_dir):
     model = models.get(f"posteriordb/{name}").build()
