@@ -172,16 +172,19 @@ def run_batch(
             clock = time.perf_counter()
             moved = P.move_jit((move_keys, lm, reference, step_index), population, settings)
             clock = _lap(timings, "lm", clock, moved)
-            reward_state = None
+            # The reward's state travels apart from ``moved`` so that each piece can take
+            # (donate) it and update its cache in place, as the fused step does.
+            reward_state = moved.population.reward
+            moved = moved._replace(population=moved.population._replace(reward=None))
             if host_reward is not None:
                 scores, texts = _score_on_host(host_reward, moved, row_prompts, texts, decode)
                 scores = jnp.asarray(scores)
             elif jax_reward is not None:
-                reward_state, scores = P.score_jit(jax_reward, moved)
+                reward_state, scores = P.score_jit((jax_reward, moved), reward_state)
             else:
                 scores = None
             clock = _lap(timings, "reward", clock, scores)
-            population, info = P.reweight_jit((scores, reward_state), moved, settings)
+            population, info = P.reweight_jit(scores, (moved, reward_state), settings)
         info = jax.device_get(info)
         _check_step(info, step, labels, n, reward, settings, allow_collapse)
         collapsed |= np.asarray(info.collapsed)

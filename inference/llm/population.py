@@ -522,19 +522,25 @@ def move_jit(inputs, population, settings):
 
 
 @eqx.filter_jit(donate="all-except-first")
-def reweight_jit(inputs, moved, settings):
-    """The second half of a split step: ``inputs = (scores, reward_state)`` (the host's
-    scores and None, or the JAX reward's) to weights."""
+def reweight_jit(scores, moved_and_state, settings):
+    """The second half of a split step: the host's scores (and no reward state) or the JAX
+    reward's (``moved_and_state = (moved, reward_state)``, both donated: the reward's cache
+    is carried over in place, as in ``advance_jit``) to weights."""
     TRACE_COUNTS["reweight"] += 1
-    scores, reward_state = inputs
+    moved, reward_state = moved_and_state
     return reweight(moved, scores, reward_state, settings)
 
 
-@eqx.filter_jit
-def score_jit(reward, moved):
-    """The JAX reward alone (the split step that profiling times piece by piece)."""
+@eqx.filter_jit(donate="all-except-first")
+def score_jit(inputs, reward_state):
+    """The JAX reward alone (the split step that profiling times piece by piece), with
+    ``inputs = (reward, moved)``: ``moved`` without its reward state, which is passed apart
+    and donated, so that the step is read into the cache in place (as in ``advance_jit``)
+    rather than into a copy of it."""
     TRACE_COUNTS["score"] += 1
-    return score_step(reward, moved)
+    reward, moved = inputs
+    state = read_tokens(reward, reward_state, moved.output.tokens, moved.reward_tokens)
+    return state, state.score
 
 
 @eqx.filter_jit

@@ -302,21 +302,7 @@ class TransformerTokenModel(AbstractTokenModel):
         valid = destinations < batch
         longest = jnp.max(jnp.where(valid, state.lengths[jnp.clip(sources, 0, batch - 1)], 0))
         write = lambda x: x.at[destinations].set(x[sources], mode="drop")  # noqa: E731
-
-        def blocks(layers):
-            out, start = [], 0
-            for layer in layers:
-                new = []
-                for block, end in zip(layer, state.cache.block_ends, strict=True):
-                    # A block no copied row has reached holds nothing to copy.
-                    new.append(jax.lax.cond(longest > start, write, lambda b: b, block))
-                    start = end
-                out.append(tuple(new))
-                start = 0
-            return tuple(out)
-
-        cache = state.cache._replace(keys=blocks(state.cache.keys),
-                                     values=blocks(state.cache.values))
+        cache = state.cache.copy_rows(destinations, sources, longest)
         return TokenState(cache, write(state.lengths), write(state.last_log_probs),
                           write(state.alive))
 

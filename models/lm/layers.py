@@ -64,6 +64,23 @@ class KVCache(NamedTuple):
 
         return KVCache(merge(self.keys, prefix.keys), merge(self.values, prefix.values))
 
+    def copy_rows(self, destinations, sources, longest) -> KVCache:
+        """Row ``destinations[i]`` of every block becomes a copy of row ``sources[i]``
+        (out-of-range destinations dropped), skipping the blocks that start at or after
+        ``longest``, the most slots any copied row holds: they hold nothing to copy, and in a
+        two-block buffer most steps need only the first (half the bytes moved)."""
+        write = lambda x: x.at[destinations].set(x[sources], mode="drop")  # noqa: E731
+
+        def blocks(layers):
+            out = []
+            for layer in layers:
+                starts = (0, *self.block_ends[:-1])
+                out.append(tuple(jax.lax.cond(longest > start, write, lambda b: b, block)
+                                 for block, start in zip(layer, starts, strict=True)))
+            return tuple(out)
+
+        return KVCache(blocks(self.keys), blocks(self.values))
+
 
 def empty_cache(
     *,

@@ -197,6 +197,19 @@ class TransformerRewardModel(AbstractRewardModel):
             kv = kv.with_prefix(prefix)
         return hidden, kv
 
+    def copy_rows(self, state: RewardState, destinations, sources) -> RewardState:
+        """As the language model's: only the cache blocks a copied row has reached."""
+        destinations = jnp.asarray(destinations, jnp.int32)
+        sources = jnp.asarray(sources, jnp.int32)
+        _check_rank("destinations", destinations, 1)
+        cache = state.cache
+        batch = cache.lengths.shape[0]
+        valid = destinations < batch
+        longest = jnp.max(jnp.where(valid, cache.lengths[jnp.clip(sources, 0, batch - 1)], 0))
+        write = lambda x: x.at[destinations].set(x[sources], mode="drop")  # noqa: E731
+        kv = cache.kv.copy_rows(destinations, sources, longest)
+        return RewardState(TransformerRewardCache(kv, write(cache.lengths)), write(state.score))
+
     def reorder(self, state: RewardState, ancestors: Int[Array, " batch"]) -> RewardState:
         ancestors = jnp.asarray(ancestors)
         _check_rank("ancestors", ancestors, 1)

@@ -91,3 +91,26 @@ def _with_clip(reward, clip):
     from ppl.reward_model import HostReward
 
     return HostReward(reward.score_fn, name=reward.name, score_clip=clip)
+
+
+def test_profiled_split_step_equals_the_fused_step(testbed):
+    """``profile=True`` runs each step as three programs (move, score, reweight) that hand
+    the reward's cache on in place; they give what the one fused program gives, and the
+    profile's pieces add up to the wall time."""
+    from pathlib import Path
+
+    model, tokenizer = testbed
+    learned = prm.load(Path(tasks.__file__).parents[1] / "checkpoints" / "arith_prm")
+    prompts = [p.prompt for p in _problems(5, 4, 3)]
+    runs = [
+        llm.run("particle_filter", model, tokenizer, prompts, key=jax.random.key(3),
+                reward=learned.reward_model(block_length=32), num_particles=4,
+                answer_fn=tasks.parse_answer, profile=profile)
+        for profile in (False, True)
+    ]
+    assert runs[0].candidates == runs[1].candidates
+    np.testing.assert_allclose(runs[0].weights, runs[1].weights, atol=1e-5)
+    np.testing.assert_allclose(runs[0].log_evidence, runs[1].log_evidence, atol=1e-4)
+    timings = runs[1].timings
+    assert timings["lm"] > 0 and timings["reward"] > 0
+    assert abs(timings["lm"] + timings["reward"] + timings["smc"] - timings["wall"]) < 1e-6

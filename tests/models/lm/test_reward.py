@@ -367,3 +367,34 @@ def test_shipped_prm_is_small_and_stored_in_float16():
     assert size < 2 * 2**20
     assert {t.dtype for t in load_file(directory / "model.safetensors").values()} == {
         np.dtype(np.float16)}
+
+
+def test_cached_prm_copy_rows_equals_reorder_on_every_block(learned, lm_samples):
+    """Copying rows (the dead particles' only) gives the scores and attended cache a full
+    reorder gives, also when a copied row has reached a later block, and the next step
+    scores alike."""
+    problems, traces = lm_samples
+    problems, traces = problems[2::12], traces[2::12]  # 8 rows
+    reward = learned.reward_model(block_length=32)
+    ids, lengths = _prompts(problems)
+    state = reward.init_state(jnp.asarray(ids), jnp.asarray(lengths), 168)
+    rows_steps = [_steps(t) for t in traces]
+    for index in range(2):
+        state = reward.extend(state, *_chunk(rows_steps, index))
+    assert np.max(np.asarray(state.cache.lengths)) > 32  # some rows are in the second block
+    destinations, sources = jnp.array([1, 4, 6, 8]), jnp.array([0, 3, 3, 0])  # 8: dropped
+    ancestors = jnp.array([0, 0, 2, 3, 3, 5, 3, 7])
+    copied = reward.copy_rows(state, destinations, sources)
+    gathered = reward.reorder(state, ancestors)
+    np.testing.assert_array_equal(copied.score, gathered.score)
+    np.testing.assert_array_equal(copied.cache.lengths, gathered.cache.lengths)
+    for name in ("keys", "values"):
+        for a, b in zip(getattr(copied.cache.kv, name), getattr(gathered.cache.kv, name),
+                        strict=True):
+            a, b = np.concatenate(a, axis=2), np.concatenate(b, axis=2)
+            for row, length in enumerate(np.asarray(copied.cache.lengths)):
+                np.testing.assert_array_equal(a[row, :, :length], b[row, :, :length])
+    tokens, num_valid = _chunk(rows_steps, 2)
+    np.testing.assert_allclose(
+        reward.extend(copied, tokens[ancestors], num_valid[ancestors]).score,
+        reward.extend(gathered, tokens[ancestors], num_valid[ancestors]).score, atol=1e-6)
