@@ -3,8 +3,12 @@
     python bench/llm_scaling.py              # 8 operations, N = 16, 64 problems (~10 min)
     python bench/llm_scaling.py --quick      # 16 problems
 
-Measured on the testbed (its language model at temperature 0.8), in one process, warm (one
-untimed run of every contender first), contenders alternating run by run:
+Measured on the testbed (its language model at temperature 0.8), in one process, warm (two
+untimed runs of every contender first: the first copies of resampled rows compile one program
+per padded size, and one run does not meet them all), contenders alternating run by run. The
+learned PRM reads a step in passes of 12 columns (``reward_pass_tokens``: the testbed's lines
+have at most 11 tokens; the default 16 is for longer steps), the width a user sets for their
+steps.
 
 1. **Throughput and overhead.** Best-of-N and the particle filter at the same N on the
    same problems, with the exact oracle and the learned PRM (both JAX rewards): tokens per
@@ -148,7 +152,8 @@ def main(argv=None) -> int:
     rewards = {"oracle": prm.OracleReward(), "learned": learned.reward_model()}
     problems = _problems(args.problems, args.difficulty)
     prompts = [p.prompt for p in problems]
-    common = dict(num_particles=args.particles, temperature=0.8, answer_fn=tasks.parse_answer)
+    common = dict(num_particles=args.particles, temperature=0.8, answer_fn=tasks.parse_answer,
+                  reward_pass_tokens=12)
     rows = []
 
     def timed(method, reward_name, repeat, profile):
@@ -168,8 +173,9 @@ def main(argv=None) -> int:
     # 1. Throughput (plain runs, alternating) and overhead (profiled runs).
     for reward_name in rewards:
         for method in ("best_of_n", "particle_filter"):
-            timed(method, reward_name, 99, False)  # warm-up: compile everything
-            timed(method, reward_name, 99, True)
+            for warm_up in (98, 99):  # compile everything
+                timed(method, reward_name, warm_up, False)
+                timed(method, reward_name, warm_up, True)
         for repeat in range(args.repeats):
             for method in ("best_of_n", "particle_filter"):
                 rows.append(timed(method, reward_name, repeat, False))

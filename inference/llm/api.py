@@ -188,6 +188,7 @@ def run(
     score_clip: float | None = None,
     max_step_tokens: int = 64,
     max_steps: int = 64,
+    reward_pass_tokens: int = 16,
     max_new_tokens: int = 192,
     max_length: int | None = None,
     batch_size: int = 256,
@@ -217,6 +218,9 @@ def run(
             with a known error rate: its rate), else 1e-7, as the anchors.
         max_step_tokens: a step this long without a stop ran away; its particle is ended.
         max_steps: steps after which a particle is ended.
+        reward_pass_tokens: columns of a step a JAX reward reads per pass. A pass costs
+            about what its width does, so about the longest usual step is best (12 on the
+            testbed, whose lines have at most 11 tokens); longer steps take several passes.
         max_new_tokens: room in the buffer after the longest prompt.
         max_length: the buffer (prompt plus trace); default the longest prompt plus
             ``max_new_tokens``, rounded up to 128 so that problems of other lengths reuse
@@ -258,7 +262,8 @@ def run(
     if not temperature >= 0:
         raise ValueError(f"Expected temperature >= 0, got {temperature!r}.")
     for name, value in (("max_step_tokens", max_step_tokens), ("max_steps", max_steps),
-                        ("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+                        ("max_new_tokens", max_new_tokens), ("batch_size", batch_size),
+                        ("reward_pass_tokens", reward_pass_tokens)):
         check_num_particles(value, name)
     prompts = list(prompts)
     if not prompts:
@@ -283,6 +288,7 @@ def run(
         end_ids=tuple(int(i) for i in getattr(model, "end_ids", ())),
         max_step_tokens=int(max_step_tokens),
         max_steps=int(max_steps),
+        reward_pass_tokens=int(reward_pass_tokens),
         aggregation=aggregation,
         score_clip=float(score_clip),
         reward_reads_end=bool(getattr(reward, "reads_end_tokens", False)),

@@ -180,7 +180,8 @@ def run_batch(
                 scores, texts = _score_on_host(host_reward, moved, row_prompts, texts, decode)
                 scores = jnp.asarray(scores)
             elif jax_reward is not None:
-                reward_state, scores = P.score_jit((jax_reward, moved), reward_state)
+                reward_state, scores = P.score_jit((jax_reward, moved), reward_state,
+                                                   settings.reward_pass_tokens)
             else:
                 scores = None
             clock = _lap(timings, "reward", clock, scores)

@@ -195,7 +195,7 @@ def _entropic_decision(rule: _Entropic, keys, population):
         )[:, 0]
         ended = (out.num_tokens > 0) & jnp.isin(last, jnp.asarray(s.end_ids or (-1,), jnp.int32))
         looked = P.read_tokens(rule.reward, population.reward, out.tokens,
-                               out.num_tokens - ended)
+                               out.num_tokens - ended, s.reward_pass_tokens)
         ahead = jnp.where(out.num_tokens - ended > 0,
                           aggregate(s.aggregation, population.score, looked.score),
                           population.score)

@@ -144,33 +144,47 @@ class Qwen2(eqx.Module):
         write_slots: Int[Array, "batch chunk"] | None,
         *,
         unroll: bool = False,
+        read_at: Int[Array, " batch"] | None = None,
     ) -> tuple[Float[Array, "batch chunk hidden"], L.KVCache | None]:
         """Final hidden states of ``token_ids`` (after the last norm) and the updated cache.
 
         With ``cache=None`` the chunk attends only to itself (positions must be
         ``0 .. chunk-1``): the cache-free path for scoring and training. ``unroll`` unrolls
         that path's loop over layers (faster training steps for shallow models on CPU).
+        ``read_at`` (with a cache): return only the hidden state of column ``read_at[b]`` of
+        each row, ``(batch, 1, hidden)``. The last layer then still writes every column's
+        keys and values to the cache but attends and runs its MLP for that column only (a
+        reward read at a step's last token: a quarter less work at 4 layers).
         """
         c = self.config
         batch, chunk = token_ids.shape
         x = self.embed[token_ids]
+        if read_at is not None and cache is None:
+            raise ValueError("read_at needs a cache (the cache-free path reads every column).")
 
-        def layer(x, inputs):
+        def layer(x, inputs, read_at=None):
             p, layer_cache = inputs
             h = L.rms_norm(x, p["input_norm"], c.rms_norm_eps)
-            q = (h @ p["q_w"] + p["q_b"]).reshape(batch, chunk, c.num_attention_heads, c.head_dim)
             k = (h @ p["k_w"] + p["k_b"]).reshape(batch, chunk, c.num_key_value_heads, c.head_dim)
             v = (h @ p["v_w"] + p["v_b"]).reshape(batch, chunk, c.num_key_value_heads, c.head_dim)
-            q = L.rotary(q, positions, c.rope_theta)
             k = L.rotary(k, positions, c.rope_theta)
-            attn, layer_cache = L.self_attention(q, k, v, positions, layer_cache, write_slots)
-            attn = attn.reshape(batch, chunk, -1)
+            query_positions = positions
+            if read_at is not None:  # the queries and the residual stream of one column
+                take = lambda a: jnp.take_along_axis(  # noqa: E731
+                    a, read_at.reshape((batch, 1) + (1,) * (a.ndim - 2)), axis=1)
+                h, x, query_positions = take(h), take(x), take(positions)
+            q = (h @ p["q_w"] + p["q_b"]).reshape(batch, -1, c.num_attention_heads, c.head_dim)
+            q = L.rotary(q, query_positions, c.rope_theta)
+            attn, layer_cache = L.self_attention(q, k, v, query_positions, layer_cache,
+                                                 write_slots)
+            attn = attn.reshape(batch, q.shape[1], -1)
             x = x + attn @ p["o_w"]
             h = L.rms_norm(x, p["post_norm"], c.rms_norm_eps)
             x = x + (jax.nn.silu(h @ p["gate_w"]) * (h @ p["up_w"])) @ p["down_w"]
             return x, layer_cache
 
-        x, cache = L.run_layers(layer, x, self.layers, cache, unroll=unroll)
+        last = None if read_at is None else lambda x, inputs: layer(x, inputs, read_at)
+        x, cache = L.run_layers(layer, x, self.layers, cache, unroll=unroll, last=last)
         return L.rms_norm(x, self.norm, c.rms_norm_eps), cache
 
     def __call__(self, token_ids, positions, cache, write_slots, *, unroll: bool = False):

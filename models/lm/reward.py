@@ -11,6 +11,8 @@ and the cache is allocated once, in blocks, by ``init_state``.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -157,16 +159,21 @@ class TransformerRewardModel(AbstractRewardModel):
         positions = cache.lengths[:, None] + steps
         valid = steps < num_valid[:, None]
         slots = jnp.where(valid, positions, max_length)
-        hidden, kv = self._hidden(tokens, positions, cache.kv, slots, cache.lengths, num_valid)
-        last = jnp.take_along_axis(hidden, jnp.maximum(num_valid - 1, 0)[:, None, None], axis=1)
-        logits = (last[:, 0] @ self.head_weight + self.head_bias).astype(jnp.float32)
+        read_at = jnp.maximum(num_valid - 1, 0)
+        hidden, kv = self._hidden(tokens, positions, cache.kv, slots, cache.lengths, num_valid,
+                                  read_at)
+        if hidden.shape[1] != 1:  # a body that returns every column
+            hidden = jnp.take_along_axis(hidden, read_at[:, None, None], axis=1)
+        logits = (hidden[:, 0] @ self.head_weight + self.head_bias).astype(jnp.float32)
         score = jnp.where(num_valid > 0, jax.nn.sigmoid(logits), state.score)
         return RewardState(TransformerRewardCache(kv, cache.lengths + num_valid), score)
 
-    def _hidden(self, tokens, positions, kv: L.KVCache, slots, lengths, num_valid):
+    def _hidden(self, tokens, positions, kv: L.KVCache, slots, lengths, num_valid, read_at):
         """``body.hidden`` with the cache, attending only to the blocks the rows have reached
         (as the adapter's ``sample_step`` does), chosen by the longest row that reads tokens.
-        Rows that read none may be longer; what they compute is discarded.
+        Rows that read none may be longer; what they compute is discarded. A body whose
+        ``hidden`` takes ``read_at`` (as ``qwen2.Qwen2``) computes its last layer for the
+        column read only.
 
         One ``while_loop`` per number of blocks, of which exactly one runs its body once: a
         loop carries only its prefix of blocks, updated in place, where a ``lax.switch``
@@ -174,13 +181,18 @@ class TransformerRewardModel(AbstractRewardModel):
         256, 3 layers).
         """
         ends = kv.block_ends
+        if "read_at" in inspect.signature(self.body.hidden).parameters:
+            hidden_fn = functools.partial(self.body.hidden, read_at=read_at)
+            columns = 1
+        else:
+            hidden_fn, columns = self.body.hidden, tokens.shape[1]
         if len(ends) == 1:
-            return self.body.hidden(tokens, positions, kv, slots)
+            return hidden_fn(tokens, positions, kv, slots)
         reach = jnp.max(jnp.where(num_valid > 0, lengths + num_valid, 0))
         batch, chunk = tokens.shape
         hidden_size = self.head_weight.shape[0]
         done = jnp.zeros((), bool)
-        hidden = jnp.zeros((batch, chunk, hidden_size), self.body.dtype)
+        hidden = jnp.zeros((batch, columns, hidden_size), self.body.dtype)
         for num_blocks, end in enumerate(ends, 1):
             last = num_blocks == len(ends)
 
@@ -188,7 +200,7 @@ class TransformerRewardModel(AbstractRewardModel):
                 return ~carry[0] if last else ~carry[0] & (reach <= end)
 
             def run(carry):
-                hidden, prefix = self.body.hidden(tokens, positions, carry[2], slots)
+                hidden, prefix = hidden_fn(tokens, positions, carry[2], slots)
                 return jnp.ones((), bool), hidden.astype(carry[1].dtype), prefix
 
             done, hidden, prefix = jax.lax.while_loop(

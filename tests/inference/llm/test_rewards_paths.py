@@ -93,9 +93,10 @@ def _with_clip(reward, clip):
     return HostReward(reward.score_fn, name=reward.name, score_clip=clip)
 
 
-def test_profiled_split_step_equals_the_fused_step(testbed):
+def test_profiled_split_step_and_narrow_reward_passes_equal_the_fused_step(testbed):
     """``profile=True`` runs each step as three programs (move, score, reweight) that hand
-    the reward's cache on in place; they give what the one fused program gives, and the
+    the reward's cache on in place, and ``reward_pass_tokens=5`` reads each step in several
+    passes: both give what the one fused program reading a step at once gives, and the
     profile's pieces add up to the wall time."""
     from pathlib import Path
 
@@ -105,12 +106,13 @@ def test_profiled_split_step_equals_the_fused_step(testbed):
     runs = [
         llm.run("particle_filter", model, tokenizer, prompts, key=jax.random.key(3),
                 reward=learned.reward_model(block_length=32), num_particles=4,
-                answer_fn=tasks.parse_answer, profile=profile)
-        for profile in (False, True)
+                answer_fn=tasks.parse_answer, profile=profile, reward_pass_tokens=width)
+        for profile, width in ((False, 16), (True, 16), (False, 5))
     ]
-    assert runs[0].candidates == runs[1].candidates
-    np.testing.assert_allclose(runs[0].weights, runs[1].weights, atol=1e-5)
-    np.testing.assert_allclose(runs[0].log_evidence, runs[1].log_evidence, atol=1e-4)
+    for other in runs[1:]:
+        assert other.candidates == runs[0].candidates
+        np.testing.assert_allclose(other.weights, runs[0].weights, atol=1e-5)
+        np.testing.assert_allclose(other.log_evidence, runs[0].log_evidence, atol=1e-4)
     timings = runs[1].timings
     assert timings["lm"] > 0 and timings["reward"] > 0
     assert abs(timings["lm"] + timings["reward"] + timings["smc"] - timings["wall"]) < 1e-6
