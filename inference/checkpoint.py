@@ -13,6 +13,14 @@ temperature) records, after every block,
 A second call with the same manifest loads the completed blocks and continues from the
 carry: the result equals an uninterrupted run's, bit for bit (the blocks and keys are the
 same). A directory holding another run is refused, naming what differs.
+
+Under ``jax.distributed``, when the batch spans several processes (``multi_process=True``),
+every process holds the same gathered values of what is recorded, so process 0 alone writes
+the files and every process waits for it at a barrier after each record; on resume every
+process reads the directory itself. It must therefore be on a filesystem that all the
+processes share (a cluster's shared disk): a process that reads other content there than
+process 0 (no manifest where process 0 found one, another state) is refused, on every
+process, naming the directory.
 """
 
 from __future__ import annotations
@@ -20,11 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from ppl.sharding import gather_to_host
 
 __all__ = ["RunCheckpoint", "fingerprint", "describe_model"]
 
@@ -66,10 +77,37 @@ class RunCheckpoint:
         directory: where the files live (created if absent).
         manifest: a JSON-ready description of the run; a directory holding another
             manifest is refused, naming the differing entries.
+        multi_process: the run's batch spans the processes of a ``jax.distributed`` job:
+            every process must then construct this and call :meth:`save` alike (both hold
+            collectives); process 0 writes, all read.
     """
 
-    def __init__(self, directory: str | os.PathLike, manifest: dict[str, Any]):
+    def __init__(self, directory: str | os.PathLike, manifest: dict[str, Any],
+                 multi_process: bool = False):
         self.directory = Path(directory)
+        self.manifest = {"format": FORMAT, **json.loads(json.dumps(manifest))}
+        self.multi_process = multi_process
+        # Every process records the same values: one writer is enough, and two would race.
+        self.writes = not multi_process or jax.process_index() == 0
+        if not multi_process:
+            self._open()
+            return
+        error = None
+        if self.writes:
+            try:
+                self._open()
+            except (ValueError, OSError) as caught:
+                error = caught
+        # Also the barrier that keeps the other processes from reading before the manifest
+        # is written.
+        if not _all_processes_ok(error is None):
+            raise error or ValueError(
+                f"checkpoint_dir={str(self.directory)!r} was refused on process 0 (its error "
+                "says why); nothing was read here.")
+        self._check_same_content()
+
+    def _open(self) -> None:
+        """Create the directory and write the manifest, or check the one already there."""
         if self.directory.exists() and not self.directory.is_dir():
             raise ValueError(f"Expected checkpoint_dir to be a directory, got the file "
                              f"{str(self.directory)!r}.")
@@ -80,7 +118,6 @@ class RunCheckpoint:
                              f"{error.strerror or error}.") from error
         if not os.access(self.directory, os.W_OK):
             raise ValueError(f"Expected a writable checkpoint_dir, got {str(self.directory)!r}.")
-        self.manifest = {"format": FORMAT, **json.loads(json.dumps(manifest))}
         path = self.directory / "manifest.json"
         if path.exists():
             previous = json.loads(path.read_text())
@@ -95,6 +132,56 @@ class RunCheckpoint:
             temporary = path.with_name("manifest.json.tmp")
             temporary.write_text(json.dumps(self.manifest, indent=1))
             os.replace(temporary, path)
+
+    def _check_same_content(self) -> None:
+        """Refuse, on every process, a directory that a process reads differently from
+        process 0 (not shared, or a stale copy): the processes would resume from different
+        blocks and their collectives would no longer match."""
+        from jax.experimental import multihost_utils
+
+        # What this process sees: the manifest (0 none, 1 this run's, 2 another), the
+        # completed blocks (-1: no state, -2: unreadable) and a hash of the state file.
+        manifest = self.directory / "manifest.json"
+        kind = 0
+        if manifest.is_file():
+            try:
+                kind = 1 if json.loads(manifest.read_text()) == self.manifest else 2
+            except ValueError:
+                kind = 2
+        state = self.directory / "state.npz"
+        completed, digest = -1, bytes(8)
+        if state.is_file():
+            digest = hashlib.sha256(state.read_bytes()).digest()[:8]
+            try:
+                with np.load(state) as stored:
+                    completed = int(stored["completed"])
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+                completed = -2
+        mine = np.concatenate([np.array([kind, completed], np.int32),
+                               np.frombuffer(digest, np.int32)])
+        seen = np.asarray(multihost_utils.process_allgather(mine))  # (process, 4)
+        differ = [p for p in range(len(seen)) if not np.array_equal(seen[p], seen[0])]
+        if not differ:
+            return
+
+        def describe(row) -> str:
+            what = ("no manifest.json", "this run's manifest.json",
+                    "another run's manifest.json")[row[0]]
+            if row[1] == -1:
+                return what + " and no state.npz"
+            if row[1] == -2:
+                return what + " and an unreadable state.npz"
+            return f"{what} and a state.npz of {row[1]} completed block(s)"
+
+        found = "; ".join(
+            f"process {p} reads {describe(seen[p])}"
+            + (" but other bytes" if describe(seen[p]) == describe(seen[0]) else "")
+            for p in differ)
+        raise ValueError(
+            f"Expected every process to read the same checkpoint_dir={str(self.directory)!r} "
+            "(process 0 writes it and every process reads it, so it must be on a filesystem "
+            f"shared by all the processes), got: process 0 reads {describe(seen[0])}; "
+            f"{found}. This is process {jax.process_index()}.")
 
     def _block_path(self, index: int) -> Path:
         return self.directory / f"block_{index:05d}.npz"
@@ -131,17 +218,52 @@ class RunCheckpoint:
         return completed, outputs, jax.tree_util.tree_unflatten(treedef, restored), messages
 
     def save(self, index: int, outputs: dict, carry, messages=()) -> None:
-        """Record block ``index``: its outputs, then the carry after it."""
-        _write_atomic(self._block_path(index),
-                      {name: np.asarray(value) for name, value in outputs.items()})
-        leaves = jax.tree_util.tree_leaves(carry)
+        """Record block ``index``: its outputs, then the carry after it.
+
+        Under several processes every process must call this (with the same values): the
+        arrays are gathered on each (a collective), process 0 writes them, and all wait
+        until it has.
+        """
+        host = {name: _to_host(value) for name, value in outputs.items()}
+        leaves = [_to_host(leaf) for leaf in jax.tree_util.tree_leaves(carry)]
+        if not self.multi_process:
+            self._write(index, host, leaves, messages)
+            return
+        error = None
+        if self.writes:
+            try:
+                self._write(index, host, leaves, messages)
+            except OSError as caught:
+                error = caught
+        # No process runs ahead of the write (a later failure would leave it unrecorded).
+        if not _all_processes_ok(error is None):
+            raise error or OSError(
+                f"Process 0 could not record block {index} in checkpoint_dir="
+                f"{str(self.directory)!r} (its error says why).")
+
+    def _write(self, index: int, outputs: dict, leaves: list, messages) -> None:
+        _write_atomic(self._block_path(index), outputs)
         _write_atomic(self.directory / "state.npz", {
             "completed": np.asarray(index + 1),
             "num_leaves": np.asarray(len(leaves)),
-            **{f"leaf_{i}": np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
-               for i, leaf in enumerate(leaves)},
+            **{f"leaf_{i}": leaf for i, leaf in enumerate(leaves)},
             "messages": np.asarray(json.dumps(list(messages))),
         })
+
+
+def _to_host(leaf) -> np.ndarray:
+    """A leaf as a numpy array (PRNG keys as their key data), gathered from every process
+    when it is sharded over several (every process must call this in the same order)."""
+    return np.asarray(gather_to_host(jax.random.key_data(leaf) if _is_key(leaf) else leaf))
+
+
+def _all_processes_ok(ok: bool) -> bool:
+    """A barrier across all processes (as ``multihost_utils.sync_global_devices``) that also
+    says whether every one of them got there with ``ok``: a failed write on process 0 then
+    stops every process instead of leaving the others waiting on it."""
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _is_key(leaf) -> bool:

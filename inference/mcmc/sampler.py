@@ -554,7 +554,10 @@ def sample(
             same arguments after an interruption (Ctrl-C, a killed process) resumes from the
             last recorded chunk, and the draws equal an uninterrupted run's. A directory
             holding another run (other settings, key, model, data or initial points) is
-            refused, naming what differs.
+            refused, naming what differs. With the chains on several processes
+            (``jax.distributed``), process 0 writes the directory and every process reads it
+            on resume: it must be on a filesystem shared by all of them, and a process that
+            reads other content there than process 0 is refused, naming the directory.
         devices: where the chains run (:func:`ppl.sharding.resolve_devices`): default all
             devices of all processes; a count, a list of devices, ``"local"`` or
             ``"all-processes"``. A chain count that does not divide by the device count is
@@ -579,12 +582,6 @@ def sample(
                          f"{stuck_chains!r}.")
     progress = ProgressBar.wanted(progress_bar)
     placement = resolve_devices(devices, "chain")
-    if checkpoint_dir is not None and placement.multi_process:
-        raise ValueError(
-            "checkpoint_dir with chains on several processes is not supported (every process "
-            "would write the same directory); checkpoint a single-process run, or pass "
-            "devices='local' so that each process runs all the chains itself."
-        )
     settings = _Settings(
         algorithm, num_chains, num_warmup, num_samples, thinning, float(target_accept),
         bool(dense_mass), int(max_tree_depth), int(num_integration_steps),
@@ -606,7 +603,8 @@ def sample(
     schedule = warmup_schedule(num_warmup)
     checkpoint = None
     if checkpoint_dir is not None:
-        checkpoint = RunCheckpoint(checkpoint_dir, _manifest(model, key, settings, positions))
+        checkpoint = RunCheckpoint(checkpoint_dir, _manifest(model, key, settings, positions),
+                                   multi_process=placement.multi_process)
     positions = _shard_chains(positions, devices)
     draws, stats, num_grads, adaptation, stuck = _run(model, run_key, positions, schedule,
                                                       settings, progress, checkpoint, devices)

@@ -559,7 +559,10 @@ def sample_smc(
             (:mod:`ppl.inference.checkpoint`); calling again with the same arguments after an
             interruption resumes from the last recorded temperature, with the same result as
             an uninterrupted run. A directory holding another run is refused, naming what
-            differs.
+            differs. With the particles on several processes (``jax.distributed``), process 0
+            writes the directory and every process reads it on resume: it must be on a
+            filesystem shared by all of them, and a process that reads other content there
+            than process 0 is refused, naming the directory.
         devices: where the moves run (:func:`ppl.sharding.resolve_devices`): default all
             devices of all processes. The moved batch (``N``, or ``N / chain_length``
             waste-free) must divide by their count: otherwise an explicit ``devices`` is
@@ -600,12 +603,6 @@ def sample_smc(
         float(trajectory_length),
     )
     placement = _placement(devices, settings)
-    if checkpoint_dir is not None and placement is not None and placement.multi_process:
-        raise ValueError(
-            "checkpoint_dir with particles on several processes is not supported (every "
-            "process would write the same directory); checkpoint a single-process run, or "
-            "pass devices='local' so that each process runs all the particles itself."
-        )
     start = time.perf_counter()
     init_key, loop_key = jax.random.split(as_key(key))
     try:
@@ -635,7 +632,8 @@ def sample_smc(
             "initial_step_size": float(initial_step_size),
             "max_num_temperatures": int(max_num_temperatures),
             "key": np.asarray(jax.random.key_data(as_key(key))).tolist(),
-            **describe_model(model)})
+            **describe_model(model)},
+            multi_process=placement is not None and placement.multi_process)
         restored = checkpoint.load(state)
         if restored is not None:
             k, outputs, state, _ = restored

@@ -8,6 +8,16 @@ on the zoo's LGSSM (64 particles) on ``devices=1`` and on every device, and the 
 its tiniest (4 simulations, NUTS 2 x 50) on every device of every process; both for
 ``test_particle_filter_sharded.py``.
 
+With ``--checkpoint DIR`` the NUTS and SMC runs record themselves in ``DIR/nuts_<chains>``
+and ``DIR/smc`` (``checkpoint_dir=``); ``--stop-after K L`` interrupts NUTS right after
+its K-th record and SMC after its L-th (on every process, as a kill just after a record
+would); without it the worker also runs them uninterrupted without a checkpoint
+(``plain_*``). The count of files this process wrote there is ``checkpoint_writes``. With
+``--refuse-dir DIR`` process ``i`` runs NUTS with ``checkpoint_dir=DIR/process_<i>``
+(directories that are not shared): the refusal's message is ``refusal``, and that of
+another run in those directories ``refusal_other_run``; both for
+``test_multi_process_checkpoint.py``.
+
 Run as a script (``python _worker.py OUT.npz [--chains 16 14] [--x64] [--coordinator
 127.0.0.1:PORT --num-processes P --process-id I]``); with ``--coordinator`` it joins a
 ``jax.distributed`` job first (gloo CPU collectives), as one host of a cluster would.
@@ -30,6 +40,9 @@ def main() -> None:
     parser.add_argument("--particle-filter", action="store_true")
     parser.add_argument("--coverage-small", action="store_true")
     parser.add_argument("--x64", action="store_true")
+    parser.add_argument("--checkpoint")
+    parser.add_argument("--stop-after", type=int, nargs=2)
+    parser.add_argument("--refuse-dir")
     parser.add_argument("--coordinator")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
@@ -62,22 +75,111 @@ def main() -> None:
         out.update(_particle_filter() if args.particle_filter else _coverage_small())
         np.savez(args.out, **out)
         return
-    for chains in args.chains:
+    if args.refuse_dir:
+        out.update(_refusals(model, args.refuse_dir))
+        np.savez(args.out, **out)
+        return
+    if args.checkpoint:
+        out.update(_checkpointed(model, args))
+        np.savez(args.out, **out)
+        return
+    out.update(_runs(model, args.chains, args.smc))
+    np.savez(args.out, **out)
+
+
+def _runs(model, chain_counts, smc: bool, prefix: str = "", checkpoint: str | None = None):
+    """NUTS on each chain count and tempered SMC, their draws under ``prefix``."""
+    from pathlib import Path
+
+    import ppl
+
+    out = {}
+    for chains in chain_counts:
+        where = None if checkpoint is None else Path(checkpoint) / f"nuts_{chains}"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             post = ppl.infer(model, "nuts", key=0, num_chains=chains, num_warmup=100,
-                             num_samples=100, progress_bar=False, warn=False)
-        out[f"nuts_{chains}"] = post.samples["x"]
-        out[f"nuts_{chains}_devices"] = post.meta["num_devices"]
-        out[f"nuts_{chains}_padding_warning"] = any(
+                             num_samples=100, progress_bar=False, warn=False,
+                             checkpoint_dir=where)
+        out[f"{prefix}nuts_{chains}"] = post.samples["x"]
+        out[f"{prefix}nuts_{chains}_devices"] = post.meta["num_devices"]
+        out[f"{prefix}nuts_{chains}_padding_warning"] = any(
             "padding copy" in str(w.message) for w in caught)
-    if args.smc:
+    if smc:
+        where = None if checkpoint is None else Path(checkpoint) / "smc"
         post = ppl.infer(model, "smc", key=0, num_particles=256, kernel="rw",
-                         progress_bar=False)
-        out["smc"] = post.samples["x"]
-        out["smc_log_evidence"] = post.log_evidence
-        out["smc_devices"] = post.meta["num_devices"]
-    np.savez(args.out, **out)
+                         progress_bar=False, checkpoint_dir=where)
+        out[f"{prefix}smc"] = post.samples["x"]
+        out[f"{prefix}smc_log_evidence"] = post.log_evidence
+        out[f"{prefix}smc_devices"] = post.meta["num_devices"]
+    return out
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _checkpointed(model, args) -> dict:
+    """The runs with ``checkpoint_dir``: stopped after ``--stop-after`` records, or run to
+    the end (resuming what is there) and then again without a checkpoint."""
+    from ppl.inference import checkpoint
+
+    writes = []
+    write_atomic = checkpoint._write_atomic
+
+    def counted(path, arrays):
+        writes.append(path)
+        write_atomic(path, arrays)
+
+    checkpoint._write_atomic = counted
+    out = {}
+    if args.stop_after is not None:
+        save = checkpoint.RunCheckpoint.save
+
+        def stop_after(records: int) -> None:
+            def save_then_stop(self, index, *rest, **kwargs):
+                save(self, index, *rest, **kwargs)
+                if index + 1 == records:
+                    raise _Interrupted
+
+            checkpoint.RunCheckpoint.save = save_then_stop
+
+        stop_after(args.stop_after[0])
+        for chains in args.chains:
+            try:
+                _runs(model, [chains], False, checkpoint=args.checkpoint)
+            except _Interrupted:
+                out[f"nuts_{chains}_interrupted"] = True
+        stop_after(args.stop_after[1])
+        if args.smc:
+            try:
+                _runs(model, [], True, checkpoint=args.checkpoint)
+            except _Interrupted:
+                out["smc_interrupted"] = True
+    else:
+        out.update(_runs(model, args.chains, args.smc, checkpoint=args.checkpoint))
+        out.update(_runs(model, args.chains, args.smc, prefix="plain_"))
+    out["checkpoint_writes"] = len(writes)
+    return out
+
+
+def _refusals(model, directory: str) -> dict:
+    """The messages refusing a checkpoint directory that each process sees differently,
+    then (process 0's directory now holding a run) another run there."""
+    from pathlib import Path
+
+    import ppl
+
+    out = {}
+    for name, num_samples in (("refusal", 10), ("refusal_other_run", 20)):
+        out[name] = ""
+        try:
+            ppl.infer(model, "nuts", key=0, num_chains=4, num_warmup=10,
+                      num_samples=num_samples, progress_bar=False, warn=False,
+                      checkpoint_dir=Path(directory) / f"process_{jax.process_index()}")
+        except ValueError as error:
+            out[name] = str(error)
+    return out
 
 
 def _particles_and_coverage(model) -> dict:
