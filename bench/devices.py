@@ -24,6 +24,9 @@ warm-up call costs as much again).
 - ``lm``: batched sampling from the reasoning testbed's language model
   (``models/lm/checkpoints/arith``, 0.6M parameters, KV cache, 64 new tokens after a
   16-token prompt), batch 1 .. 256: tokens per second.
+- ``llm_filter``: ``ppl.inference.llm.run("particle_filter")`` on the testbed with the oracle
+  reward in JAX, problems of 6 operations x 16 particles, 64 .. 16,384 particle rows in one
+  batch (the problems split over every device, whole): sampled tokens per second.
 
 Writes ``bench/results/devices_<platform>.{md,json}`` with the date, the device description
 and the load average before and after.
@@ -153,8 +156,32 @@ def _lm_row(max_exp):
     return call, lambda n: n * NEW_TOKENS, "tokens/s", sizes, "batch"
 
 
+def _llm_filter_row(max_exp):
+    import jax
+    import numpy as np
+    from ppl.inference import llm
+    from ppl.models import lm
+    from ppl.models.lm.testbed import prm, tasks
+
+    model, tokenizer = lm.load(LM_CHECKPOINT), lm.load_tokenizer(LM_CHECKPOINT)
+    particles = 16
+    tokens = []
+
+    def call(rows):
+        rng = np.random.default_rng(rows)
+        prompts = [tasks.generate(rng, 6).prompt for _ in range(rows // particles)]
+        result = llm.run("particle_filter", model, tokenizer, prompts, key=jax.random.key(0),
+                         reward=prm.OracleReward(), num_particles=particles, batch_size=rows,
+                         progress_bar=False)
+        tokens[:] = [int(result.tokens.sum())]
+        return result
+
+    sizes = [64, 256, 1024, 4096, 16384][: max(2, max_exp - 1)]
+    return call, lambda n: tokens[0], "tokens/s", sizes, "rows"
+
+
 ROWS = {"nuts": _nuts_row, "smc": _smc_row, "particle_filter": _particle_filter_row,
-        "coverage": _coverage_row, "lm": _lm_row}
+        "coverage": _coverage_row, "lm": _lm_row, "llm_filter": _llm_filter_row}
 
 
 def _seconds(fn, n):

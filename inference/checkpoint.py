@@ -43,7 +43,9 @@ FORMAT = "ppl-checkpoint-1"
 
 
 def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    temporary = path.with_name(path.name + ".tmp.npz")
+    # A name of this process's own: two processes recording into one directory (each running
+    # the whole batch, devices="local") never write into each other's half-written file.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
     with open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
         handle.flush()
@@ -129,7 +131,7 @@ class RunCheckpoint:
                     f"resume, got a run that differs in {changed}; use another directory "
                     "(nothing there was changed).")
         else:
-            temporary = path.with_name("manifest.json.tmp")
+            temporary = path.with_name(f"manifest.json.{os.getpid()}.tmp")
             temporary.write_text(json.dumps(self.manifest, indent=1))
             os.replace(temporary, path)
 

@@ -38,7 +38,8 @@ class TokenState(NamedTuple):
 
     Attributes:
         cache: the model's key/value cache, a pytree whose leaves have the batch on axis
-            ``cache_batch_axis`` of the model (implementation-defined layout).
+            0 (the rest of the layout is the model's own): the particle methods split rows
+            over devices and copy them along that axis.
         lengths: ``(batch,)`` number of tokens held by each row; the next token of row ``b``
             is written to slot ``lengths[b]`` and has that position.
         last_log_probs: ``(batch, vocab)`` log-probabilities of the next token at temperature 1.

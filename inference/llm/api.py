@@ -34,6 +34,7 @@ from ppl.inference.smc.base import check_num_particles
 
 from ppl.progress import ProgressBar
 from ppl.reward_model import AGGREGATIONS, AbstractRewardModel, HostReward
+from ppl.sharding import DevicesLike, Placement, resolve_devices
 
 __all__ = ["METHODS", "LMResult", "MethodSpec", "read_problems", "run", "write_results"]
 
@@ -196,6 +197,7 @@ def run(
     unfinished_score: float | None = None,
     progress_bar: bool | None = None,
     profile: bool = False,
+    devices: DevicesLike = None,
     **settings,
 ) -> LMResult:
     """Runs an inference-time-scaling method on many prompts.
@@ -234,6 +236,15 @@ def run(
         progress_bar: show one (default: when stderr is a terminal).
         profile: time the language model and the reward apart (``LMResult.timings``; each
             step then runs in separately synchronised pieces, slightly slower).
+        devices: where the particles run (:func:`ppl.sharding.resolve_devices`): None (all
+            devices of all processes), ``"local"``, a count, a list of devices. Each batch's
+            problems are split over them whole (a problem's particles and their KV caches
+            on one device), so resampling never crosses devices; the problems per batch are
+            rounded up to a multiple of the device count (padding copies, dropped). The
+            answers are those of one device. ``power_sampling``, ``constrained_smc`` and
+            the token-level ``twisted_smc`` run on one device (an explicit request for
+            several is refused). Under ``jax.distributed`` call ``run`` on every process:
+            each gets every problem's result.
         **settings: the method's own (``potential``, ``weight_temperature``, ``select``,
             ``expansions``, ``num_iterations``, ``target_ess``, ``lookahead_tokens``, ...).
 
@@ -281,6 +292,7 @@ def run(
             f"{int(np.argmax([len(i) for i in encoded]))})."
         )
     answer_fn = answer_fn or last_line
+    placement = _placement(method, devices, settings)
     step = P.Settings(
         num_particles=num_particles,
         temperature=float(temperature),
@@ -293,11 +305,14 @@ def run(
         score_clip=float(score_clip),
         reward_reads_end=bool(getattr(reward, "reads_end_tokens", False)),
         unfinished_score=-1.0 if unfinished_score is None else float(unfinished_score),
+        placement=placement,
     )
     # Problems per batch: as many as batch_size rows hold, fewer (a power of two, so that
     # few shapes compile) when there are not that many problems.
     groups = max(1, batch_size // num_particles)
     groups = min(groups, 1 << max(0, int(np.ceil(np.log2(len(prompts))))))
+    if placement is not None:
+        groups = placement.padded_size(groups)
     width = _round_up(longest, 16)
     problem_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
         np.arange(_round_up(len(prompts), groups))
@@ -338,7 +353,30 @@ def run(
                                "aggregation": aggregation, "score_clip": score_clip,
                                "max_step_tokens": max_step_tokens, "max_steps": max_steps,
                                "max_length": int(max_length), "batch_size": batch_size,
-                               "reward": repr(reward), **settings})
+                               "reward": repr(reward),
+                               "devices": 1 if placement is None else placement.num_devices,
+                               **settings})
+
+
+# Methods with loops of their own (token by token, or Metropolis-Hastings over blocks): they
+# run on one device.
+_ONE_DEVICE_METHODS = ("power_sampling", "constrained_smc")
+
+
+def _placement(method: str, devices: DevicesLike, settings: dict) -> Placement | None:
+    """The devices the method's problems are split over; None for one device."""
+    own_loop = method in _ONE_DEVICE_METHODS or (
+        method == "twisted_smc" and settings.get("proposal") == "token")
+    if own_loop:
+        if devices is not None and resolve_devices(devices, "particle").num_devices > 1:
+            what = "twisted_smc with proposal='token'" if method == "twisted_smc" else method
+            raise ValueError(
+                f"{what} runs on one device (its loop is its own, not the step-level SMC "
+                f"driver's); got devices={devices!r}. Leave devices=None, or pass devices=1."
+            )
+        return None
+    placement = resolve_devices(devices, "particle")
+    return placement if placement.num_devices > 1 else None
 
 
 def _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_time, timings,

@@ -22,6 +22,7 @@ from ppl.inference.llm import population as P
 from ppl.inference.smc.base import GroupResampling
 
 from ppl.reward_model import AbstractRewardModel, HostReward
+from ppl.sharding import Placement, gather_to_host, shard_batch
 
 __all__ = ["BatchOutput", "Budget", "ResamplePolicy", "run_batch"]
 
@@ -124,17 +125,24 @@ def run_batch(
         timings: when a dict, each step runs in separately timed pieces and the seconds
             spent in the language model (``"lm"``) and the reward (``"reward"``) are added
             to it (profiling; the split adds a little dispatch of its own).
+
+    With ``settings.placement`` the problems are split over its devices
+    (:func:`place_problems`).
     """
     n = settings.num_particles
     groups = len(prompts)
+    placement = settings.placement
+    if placement is not None:
+        problem_keys, prompt_ids, prompt_lengths, context, reference = place_problems(
+            placement, problem_keys, prompt_ids, prompt_lengths, context, reference)
     labels = list(group_labels) if group_labels is not None else [repr(p) for p in prompts]
     jax_reward = reward if isinstance(reward, AbstractRewardModel) else None
     host_reward = reward if isinstance(reward, HostReward) else None
     clock = time.perf_counter()
-    population = P.init_jit(
+    population = _on(placement, P.init_jit(
         lm, jax_reward, jnp.asarray(prompt_ids), jnp.asarray(prompt_lengths), context,
         max_length, settings,
-    )
+    ))
     # Reading the prompts is the models' forward pass (most of it the language model's).
     _lap(timings, "lm", clock, population)
     row_prompts = [p for p in prompts for _ in range(n)]
@@ -144,14 +152,14 @@ def run_batch(
     forward_passes = 0
     collapsed = np.zeros(groups, bool)
     history = {"ess": [], "resampled": [], "num_active": []}
-    row_particles = jnp.tile(jnp.arange(n, dtype=jnp.uint32), groups)
+    row_particles = np.tile(np.arange(n, dtype=np.uint32), groups)
     for step in range(settings.max_steps):
         resample_keys, move_keys = _step_keys(problem_keys, step, row_particles)
         if policy is not None and step > 0:
             clock = time.perf_counter()
             decision = policy(resample_keys, population, step)
             if decision is not None:
-                resampled, ess, local = jax.device_get(
+                resampled, ess, local = gather_to_host(
                     (decision.resampled, decision.ess, decision.ancestors))
                 history["ess"].append(ess)
                 history["resampled"].append(resampled)
@@ -159,7 +167,7 @@ def run_batch(
                 if resampled.any():
                     ancestors = (local + n * np.arange(groups)[:, None]).reshape(-1)
                     population = _copy_offspring(lm, jax_reward, population, ancestors,
-                                                 decision.log_weights)
+                                                 decision.log_weights, placement)
                     _lap(timings, "copy", clock, population)
                     if host_reward is not None:
                         texts = [texts[i] for i in ancestors]
@@ -168,6 +176,7 @@ def run_batch(
             population, info = P.advance_jit(
                 (move_keys, lm, jax_reward, reference, step_index), population, settings
             )
+            population = _on(placement, population)
         else:
             clock = time.perf_counter()
             moved = P.move_jit((move_keys, lm, reference, step_index), population, settings)
@@ -181,12 +190,13 @@ def run_batch(
                 scores = jnp.asarray(scores)
             elif jax_reward is not None:
                 reward_state, scores = P.score_jit((jax_reward, moved), reward_state,
-                                                   settings.reward_pass_tokens)
+                                                   settings.reward_pass_tokens, placement)
             else:
                 scores = None
             clock = _lap(timings, "reward", clock, scores)
             population, info = P.reweight_jit(scores, (moved, reward_state), settings)
-        info = jax.device_get(info)
+            population = _on(placement, population)
+        info = gather_to_host(info)
         _check_step(info, step, labels, n, reward, settings, allow_collapse)
         collapsed |= np.asarray(info.collapsed)
         tokens += np.asarray(info.tokens)
@@ -198,7 +208,7 @@ def run_batch(
         if not np.any(info.num_active):
             break
     # Everything but the models' states (the KV cache stays on the device).
-    final = jax.device_get(population._replace(lm=None, reward=None))
+    final = gather_to_host(population._replace(lm=None, reward=None))
     return BatchOutput(
         tokens=np.asarray(final.tokens),
         length=np.asarray(final.length),
@@ -207,12 +217,47 @@ def run_batch(
         num_scored=np.asarray(final.num_scored),
         score=np.asarray(final.score),
         finished=np.asarray(final.finished),
-        log_weights=np.asarray(P.final_log_weights(population)),
+        log_weights=np.asarray(P.final_log_weights(final)),
         log_evidence=np.asarray(final.log_evidence),
         collapsed=collapsed,
         budget=Budget(tokens, reward_calls, forward_passes),
         history={k: np.asarray(v) for k, v in history.items()},
     )
+
+
+def place_problems(placement: Placement, problem_keys, prompt_ids, prompt_lengths, context,
+                   reference):
+    """The batch's problems split over ``placement``'s devices, whole: problem ``g`` and its
+    ``N`` particle rows (``g N .. g N + N - 1``) land on the same device, since every array
+    of a population has its rows or its problems on axis 0 and both split in equal
+    consecutive slices. Resampling, which copies rows within a problem, then never crosses
+    devices. The problem count must divide by the device count (``run`` pads it)."""
+    groups, num = len(prompt_lengths), placement.num_devices
+    if groups % num:
+        raise ValueError(f"Expected a number of problems per batch divisible by the {num} "
+                         f"devices, got {groups}.")
+    # Host values (the same on every process) placed slice by slice.
+    split = lambda x: None if x is None else shard_batch(  # noqa: E731
+        gather_to_host(x), placement.axis_name, placement).array
+    # problem_keys may be a typed key array: shard_batch places its key data.
+    return (shard_batch(problem_keys, placement.axis_name, placement).array,
+            split(prompt_ids), split(prompt_lengths), split(context), split(reference))
+
+
+def _on(placement: Placement | None, population: P.Population) -> P.Population:
+    """``population`` with every array split by rows (or problems) over ``placement``: a
+    no-op where a compiled piece kept the split, a re-split where XLA chose another."""
+    if placement is None:
+        return population
+    target = placement.batch_sharding
+
+    def one(x):
+        if not isinstance(x, jax.Array) or x.ndim == 0 or x.sharding.is_equivalent_to(
+                target, x.ndim):
+            return x
+        return jax.device_put(x, target)
+
+    return jax.tree_util.tree_map(one, population)
 
 
 def _lap(timings, name, clock, outputs):
@@ -225,38 +270,55 @@ def _lap(timings, name, clock, outputs):
     return now
 
 
-def padded_copies(ancestors: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def padded_copies(ancestors: np.ndarray, num_slices: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(destinations, sources)`` of the rows that change (offspring in place: see
     :func:`ppl.inference.smc.base.in_place`), padded with out-of-range destinations to a
     power of two, so that a copy compiles a few times only and costs what moved; None when
-    nothing moved."""
+    nothing moved.
+
+    With ``num_slices > 1`` the rows are split in that many equal consecutive slices (one a
+    device) and the result is their lists one after the other, each padded to the same
+    size and holding indices local to its slice (a row is only ever copied within its
+    problem, so within its slice)."""
     rows = np.flatnonzero(ancestors != np.arange(len(ancestors)))
     if rows.size == 0:
         return None
-    size = min(len(ancestors), max(8, 1 << int(np.ceil(np.log2(rows.size)))))
-    destinations = np.full(size, len(ancestors), np.int32)
-    sources = np.zeros(size, np.int32)
-    destinations[: rows.size] = rows
-    sources[: rows.size] = ancestors[rows]
-    return destinations, sources
+    per_slice = len(ancestors) // num_slices
+    slices = rows // per_slice
+    if np.any(ancestors[rows] // per_slice != slices):
+        raise AssertionError("a resampled row's parent lies on another device")
+    most = int(np.bincount(slices, minlength=num_slices).max())
+    size = min(per_slice, max(8, 1 << int(np.ceil(np.log2(most)))))
+    destinations = np.full((num_slices, size), per_slice, np.int32)
+    sources = np.zeros((num_slices, size), np.int32)
+    for index in range(num_slices):
+        mine = rows[slices == index]
+        destinations[index, : mine.size] = mine - index * per_slice
+        sources[index, : mine.size] = ancestors[mine] - index * per_slice
+    return destinations.reshape(-1), sources.reshape(-1)
 
 
-def _copy_offspring(lm, reward, population, ancestors: np.ndarray, log_weights):
-    """Writes each dead particle's row from its new parent (:func:`padded_copies`)."""
-    copies = padded_copies(ancestors)
+def _copy_offspring(lm, reward, population, ancestors: np.ndarray, log_weights,
+                    placement: Placement | None = None):
+    """Writes each dead particle's row from its new parent (:func:`padded_copies`), each
+    device its own rows under a ``placement``."""
+    slices = 1 if placement is None else placement.num_devices
+    copies = padded_copies(ancestors, slices)
     if copies is None:
         return population._replace(log_weights=log_weights)
-    destinations, sources = copies
-    return P.copy_rows_jit(
-        (lm, reward, jnp.asarray(destinations), jnp.asarray(sources), log_weights), population
-    )
+    if placement is None:
+        destinations, sources = map(jnp.asarray, copies)
+    else:
+        destinations, sources = shard_batch(copies, placement.axis_name, placement).array
+    return _on(placement, P.copy_rows_jit(
+        (lm, reward, destinations, sources, log_weights, placement), population))
 
 
 def _score_on_host(host_reward, moved, row_prompts, texts, decode):
     """Decodes the traces of the rows that moved and scores them with the host reward."""
-    pop = jax.device_get(moved.population)
-    is_moved = np.asarray(jax.device_get(moved.moved))
-    reward_tokens = np.asarray(jax.device_get(moved.reward_tokens))
+    pop, is_moved, reward_tokens = gather_to_host(
+        (moved.population._replace(lm=None, reward=None), moved.moved, moved.reward_tokens))
     scores = np.ones(len(texts), np.float32)
     rows = np.flatnonzero(is_moved & (reward_tokens > 0))
     texts = list(texts)

@@ -183,19 +183,19 @@ def _entropic_decision(rule: _Entropic, keys, population):
             jnp.repeat(look_keys, n), jnp.tile(jnp.arange(n, dtype=jnp.uint32), groups)
         )
         state = population.lm._replace(alive=population.lm.alive & ~population.finished)
-        state, out = rule.lm.sample_step(
-            row_keys,
-            state,
-            temperature=s.temperature,
-            stop_ids=jnp.asarray(s.stop_ids, jnp.int32),
-            max_new_tokens=rule.lookahead_tokens,
-        )
+        state, out = P.on_devices(
+            s.placement,
+            lambda lm, keys, state: lm.sample_step(
+                keys, state, temperature=s.temperature,
+                stop_ids=jnp.asarray(s.stop_ids, jnp.int32),
+                max_new_tokens=rule.lookahead_tokens),
+            (rule.lm,), (row_keys, state))
         last = jnp.take_along_axis(
             out.tokens, jnp.maximum(out.num_tokens - 1, 0)[:, None], axis=1
         )[:, 0]
         ended = (out.num_tokens > 0) & jnp.isin(last, jnp.asarray(s.end_ids or (-1,), jnp.int32))
         looked = P.read_tokens(rule.reward, population.reward, out.tokens,
-                               out.num_tokens - ended, s.reward_pass_tokens)
+                               out.num_tokens - ended, s.reward_pass_tokens, s.placement)
         ahead = jnp.where(out.num_tokens - ended > 0,
                           aggregate(s.aggregation, population.score, looked.score),
                           population.score)

@@ -46,6 +46,7 @@ from jaxtyping import Array, Bool, Float, Int
 from ppl.inference.smc import base
 
 from ppl.reward_model import AbstractRewardModel, RewardState, aggregate
+from ppl.sharding import Placement
 from ppl.token_adapter import AbstractTokenModel, StepOutput, TokenState
 
 __all__ = [
@@ -96,6 +97,7 @@ class Settings(NamedTuple):
             those 0.
         reward_pass_tokens: columns of a step a JAX reward reads per pass
             (:func:`read_tokens`).
+        placement: the devices the problems are split over (:func:`on_devices`), or None.
     """
 
     num_particles: int
@@ -112,6 +114,7 @@ class Settings(NamedTuple):
     reward_reads_end: bool = False
     unfinished_score: float = -1.0
     reward_pass_tokens: int = 16
+    placement: Placement | None = None
 
 
 class Population(NamedTuple):
@@ -181,6 +184,30 @@ class StepInfo(NamedTuple):
     log_evidence_increment: Float[Array, " groups"]
 
 
+def on_devices(placement: Placement | None, fn, whole: tuple, split: tuple):
+    """``fn(*whole, *split)``, each device computing it on its own rows.
+
+    Every array in ``split`` and in the result has its rows (or problems) on axis 0, split
+    in equal consecutive slices over ``placement`` (``driver.place_problems``); ``whole``
+    (the models) is on every device. The models' own loops
+    (decoding to a step boundary, reading a step, copying cache rows) then run per device
+    with no communication (``shard_map``), where a partitioned program would agree across
+    devices at every iteration. Without a placement this is ``fn(*whole, *split)``.
+    """
+    if placement is None:
+        return fn(*whole, *split)
+    arrays, static = eqx.partition((whole, split), eqx.is_array)
+    rows = jax.sharding.PartitionSpec(placement.axis_name)
+
+    def local(whole_arrays, split_arrays):
+        w, s = eqx.combine((whole_arrays, split_arrays), static)
+        return fn(*w, *s)
+
+    return jax.shard_map(local, mesh=placement.mesh,
+                         in_specs=(jax.sharding.PartitionSpec(), rows), out_specs=rows,
+                         check_vma=False)(*arrays)
+
+
 def init(
     lm: AbstractTokenModel,
     reward: AbstractRewardModel | None,
@@ -193,6 +220,14 @@ def init(
 ) -> Population:
     """Reads each problem's prompt once and copies its state to its ``N`` particles."""
     TRACE_COUNTS["init"] += 1
+    return on_devices(
+        settings.placement,
+        lambda lm, reward, ids, lengths, context: _init(lm, reward, ids, lengths, context,
+                                                        max_length, settings),
+        (lm, reward), (prompt_ids, prompt_lengths, context))
+
+
+def _init(lm, reward, prompt_ids, prompt_lengths, context, max_length, settings) -> Population:
     groups = prompt_ids.shape[0]
     n = settings.num_particles
     rows = jnp.repeat(jnp.arange(groups, dtype=jnp.int32), n)
@@ -249,10 +284,19 @@ def copy_rows(
     destinations: Int[Array, " k"],
     sources: Int[Array, " k"],
     log_weights: Float[Array, "groups n"],
+    placement: Placement | None = None,
 ) -> Population:
     """:func:`reorder` for offspring arranged in place: only the dead particles' rows are
-    written (``destinations[i]`` from ``sources[i]``; out-of-range destinations ignored)."""
+    written (``destinations[i]`` from ``sources[i]``; out-of-range destinations ignored).
+    With a ``placement`` each device copies its own rows: ``destinations`` and ``sources``
+    hold, slice by slice, indices local to each device's rows (a problem's particles share
+    a device, so no row crosses one)."""
     TRACE_COUNTS["copy_rows"] += 1
+    return on_devices(placement, _copy_rows, (lm, reward),
+                      (population, destinations, sources, log_weights))
+
+
+def _copy_rows(lm, reward, population, destinations, sources, log_weights) -> Population:
     write = lambda x: x.at[destinations].set(x[sources], mode="drop")  # noqa: E731
     pop = population
     return pop._replace(
@@ -309,13 +353,12 @@ def move(
         n = s.num_particles
         is_reference = (jnp.arange(active.shape[0]) % n) == 0
         state = state._replace(alive=state.alive & ~is_reference)
-    state, out = lm.sample_step(
-        key,
-        state,
-        temperature=s.temperature,
-        stop_ids=jnp.asarray(s.stop_ids, jnp.int32),
-        max_new_tokens=s.max_step_tokens,
-    )
+    state, out = on_devices(
+        s.placement,
+        lambda lm, key, state: lm.sample_step(
+            key, state, temperature=s.temperature, stop_ids=jnp.asarray(s.stop_ids, jnp.int32),
+            max_new_tokens=s.max_step_tokens),
+        (lm,), (key, state))
     forward_passes = jnp.max(out.num_tokens)
     if reference is not None:
         forced = jnp.repeat(reference.tokens[:, step_index], n, axis=0)
@@ -325,9 +368,10 @@ def move(
         state = state._replace(
             alive=jnp.where(is_reference, pop.lm.alive & active, state.alive)
         )
-        state, forced_out = lm.force_step(
-            state, forced, forced_lengths, temperature=s.temperature
-        )
+        state, forced_out = on_devices(
+            s.placement,
+            lambda lm, *rows: lm.force_step(*rows, temperature=s.temperature),
+            (lm,), (state, forced, forced_lengths))
         # Sampled rows keep what they sampled; reference rows take the forced step.
         pick = lambda a, b: jnp.where(  # noqa: E731
             is_reference.reshape((-1,) + (1,) * (a.ndim - 1)), b, a
@@ -336,7 +380,6 @@ def move(
         forward_passes = forward_passes + 1
     num = out.num_tokens
     moved = num > 0
-    rows = jnp.arange(num.shape[0])
     last = jnp.take_along_axis(out.tokens, jnp.maximum(num - 1, 0)[:, None], axis=1)[:, 0]
     ended = moved & jnp.isin(last, jnp.asarray(s.end_ids or (-1,), jnp.int32))
     hit_stop = moved & jnp.isin(last, jnp.asarray(s.stop_ids, jnp.int32))
@@ -344,12 +387,9 @@ def move(
     runaway = moved & ~hit_stop & ~died  # the step limit came before a boundary
     num_steps = pop.num_steps + moved
     finished = pop.finished | (active & ~moved) | died | runaway | (num_steps >= s.max_steps)
-    # Append the step to the token buffer (positions past a row's step are dropped).
-    columns = jnp.arange(out.tokens.shape[1])
-    where = jnp.where(columns < num[:, None], pop.length[:, None] + columns, pop.tokens.shape[1])
-    tokens = pop.tokens.at[rows[:, None], where].set(out.tokens, mode="drop")
-    step_column = jnp.where(moved, pop.num_steps, s.max_steps)
-    step_lengths = pop.step_lengths.at[rows, step_column].set(num, mode="drop")
+    tokens, step_lengths = on_devices(
+        s.placement, _append, (s.max_steps,),
+        (pop.tokens, pop.length, pop.step_lengths, pop.num_steps, out.tokens, num, moved))
     new = pop._replace(
         lm=state._replace(alive=state.alive & ~finished),
         tokens=tokens,
@@ -362,8 +402,19 @@ def move(
     return Moved(new, out, moved, shown, forward_passes, ended)
 
 
+def _append(max_steps: int, tokens, length, step_lengths, num_steps, step_tokens, num, moved):
+    """The step appended to each row's token buffer (positions past a row's step are
+    dropped) and its length to the row's step lengths (row by row: run per device)."""
+    rows = jnp.arange(num.shape[0])
+    columns = jnp.arange(step_tokens.shape[1])
+    where = jnp.where(columns < num[:, None], length[:, None] + columns, tokens.shape[1])
+    tokens = tokens.at[rows[:, None], where].set(step_tokens, mode="drop")
+    step_column = jnp.where(moved, num_steps, max_steps)
+    return tokens, step_lengths.at[rows, step_column].set(num, mode="drop")
+
+
 def read_tokens(reward: AbstractRewardModel, state: RewardState, tokens, counts,
-                pass_tokens: int = 16) -> RewardState:
+                pass_tokens: int = 16, placement: Placement | None = None) -> RewardState:
     """``reward.extend`` over ``tokens[b, :counts[b]]`` in passes of ``pass_tokens``
     columns, as many as the longest row needs (the same scores as one call: extending is
     incremental).
@@ -372,7 +423,13 @@ def read_tokens(reward: AbstractRewardModel, state: RewardState, tokens, counts,
     over the whole width would mostly read padding; a pass costs about what its width does
     (attention over the cache dominates), so the best width is about the longest usual step:
     on the testbed (lines of at most 11 tokens) 12 reads a step for about 0.65 of what 16 costs.
+    With a ``placement`` each device reads its own rows (:func:`on_devices`).
     """
+    return on_devices(placement, lambda reward, *rows: _read_tokens(reward, *rows, pass_tokens),
+                      (reward,), (state, tokens, counts))
+
+
+def _read_tokens(reward, state, tokens, counts, pass_tokens) -> RewardState:
     batch, width = tokens.shape
     if width <= pass_tokens:
         return reward.extend(state, tokens, counts)
@@ -393,11 +450,11 @@ def read_tokens(reward: AbstractRewardModel, state: RewardState, tokens, counts,
     return state
 
 
-def score_step(reward: AbstractRewardModel, moved: Moved,
-               pass_tokens: int = 16) -> tuple[RewardState, Array]:
+def score_step(reward: AbstractRewardModel, moved: Moved, pass_tokens: int = 16,
+               placement: Placement | None = None) -> tuple[RewardState, Array]:
     """The JAX path of ``G_t``: the reward reads each moved row's step (in-graph)."""
     state = read_tokens(reward, moved.population.reward, moved.output.tokens,
-                        moved.reward_tokens, pass_tokens)
+                        moved.reward_tokens, pass_tokens, placement)
     return state, state.score
 
 
@@ -502,9 +559,10 @@ def reorder_jit(inputs, population):
 
 @eqx.filter_jit(donate="all-except-first")
 def copy_rows_jit(inputs, population):
-    """``copy_rows`` with ``inputs = (lm, reward, destinations, sources, log_weights)``."""
-    lm, reward, destinations, sources, log_weights = inputs
-    return copy_rows(lm, reward, population, destinations, sources, log_weights)
+    """``copy_rows`` with ``inputs = (lm, reward, destinations, sources, log_weights)`` and
+    optionally a placement last."""
+    lm, reward, destinations, sources, log_weights, *placement = inputs
+    return copy_rows(lm, reward, population, destinations, sources, log_weights, *placement)
 
 
 @eqx.filter_jit(donate="all-except-first")
@@ -515,7 +573,8 @@ def advance_jit(inputs, population, settings):
     moved = move(key, lm, population, settings, reference, step_index)
     if reward is None:
         return reweight(moved, None, None, settings)
-    reward_state, scores = score_step(reward, moved, settings.reward_pass_tokens)
+    reward_state, scores = score_step(reward, moved, settings.reward_pass_tokens,
+                                      settings.placement)
     return reweight(moved, scores, reward_state, settings)
 
 
@@ -538,7 +597,7 @@ def reweight_jit(scores, moved_and_state, settings):
 
 
 @eqx.filter_jit(donate="all-except-first")
-def score_jit(inputs, reward_state, pass_tokens):
+def score_jit(inputs, reward_state, pass_tokens, placement=None):
     """The JAX reward alone (the split step that profiling times piece by piece), with
     ``inputs = (reward, moved)``: ``moved`` without its reward state, which is passed apart
     and donated, so that the step is read into the cache in place (as in ``advance_jit``)
@@ -546,7 +605,7 @@ def score_jit(inputs, reward_state, pass_tokens):
     TRACE_COUNTS["score"] += 1
     reward, moved = inputs
     state = read_tokens(reward, reward_state, moved.output.tokens, moved.reward_tokens,
-                        pass_tokens)
+                        pass_tokens, placement)
     return state, state.score
 
 

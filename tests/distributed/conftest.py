@@ -32,9 +32,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_single(out: Path, args: list[str], num_devices: int = 1) -> dict[str, np.ndarray]:
+def run_single(out: Path, args: list[str], num_devices: int = 1,
+               worker: Path = WORKER) -> dict[str, np.ndarray]:
     """The worker as one process over ``num_devices`` virtual CPU devices."""
-    done = subprocess.run([sys.executable, str(WORKER), str(out), *args], cwd=out.parent,
+    done = subprocess.run([sys.executable, str(worker), str(out), *args], cwd=out.parent,
                           env=_env(num_devices), capture_output=True, text=True,
                           timeout=TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -43,7 +44,7 @@ def run_single(out: Path, args: list[str], num_devices: int = 1) -> dict[str, np
 
 
 def run_job(tmp: Path, args: list[str], num_processes: int, devices_per_process: int = 1,
-            timeout_s: float = TIMEOUT_S) -> list[dict[str, np.ndarray]]:
+            timeout_s: float = TIMEOUT_S, worker: Path = WORKER) -> list[dict[str, np.ndarray]]:
     """The worker as a ``jax.distributed`` job of ``num_processes`` local processes; every
     process is killed when one fails or the job outlives the timeout (a hang fails)."""
     address = f"127.0.0.1:{free_port()}"
@@ -52,7 +53,7 @@ def run_job(tmp: Path, args: list[str], num_processes: int, devices_per_process:
         log = open(tmp / f"process_{i}.log", "w+")  # noqa: SIM115 (closed below)
         logs.append(log)
         procs.append(subprocess.Popen(
-            [sys.executable, str(WORKER), str(tmp / f"process_{i}.npz"), *args,
+            [sys.executable, str(worker), str(tmp / f"process_{i}.npz"), *args,
              "--coordinator", address, "--num-processes", str(num_processes),
              "--process-id", str(i)],
             cwd=tmp, env=_env(devices_per_process), stdout=log, stderr=subprocess.STDOUT))

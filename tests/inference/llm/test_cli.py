@@ -40,6 +40,9 @@ def test_solve_generates_problems_and_names_bad_input(tmp_path, monkeypatch):
         main(["lm", "solve", "--problems", str(bad), "--reward", "oracle"])
     with pytest.raises(ValueError, match="noisy:RATE"):
         main(["lm", "solve", "--reward", "noisy:2", "--num-problems", "1"])
+    with pytest.raises(ValueError, match=r"devices=2 asks for more devices than this process"):
+        main(["lm", "solve", "--reward", "none", "--method", "self_consistency",
+              "--num-problems", "1", "--devices", "2"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["lm", "solve", "--method", "magic"])
 
