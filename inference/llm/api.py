@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -313,6 +314,12 @@ def run(
     groups = min(groups, 1 << max(0, int(np.ceil(np.log2(len(prompts))))))
     if placement is not None:
         groups = placement.padded_size(groups)
+        if len(prompts) < placement.num_devices:
+            warnings.warn(
+                f"{len(prompts)} problem(s) over {placement.num_devices} devices: "
+                f"{placement.num_devices - len(prompts)} device(s) run padding copies of the "
+                f"last problem, which are dropped. Pass devices={len(prompts)} (or more "
+                "problems) not to waste them.", UserWarning, stacklevel=2)
     width = _round_up(longest, 16)
     problem_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
         np.arange(_round_up(len(prompts), groups))

@@ -6,7 +6,8 @@ last padded): the particle filter with the oracle in JAX (every step resamples o
 its ESS), the same with a host reward, the entropic filter with look-ahead, particle Gibbs
 and best-of-N (``--runs`` picks some). Every array of each result is saved as
 ``<run>_<devices>_<field>``; the
-refusal of ``power_sampling`` on several devices as ``power_refusal``.
+refusal of ``power_sampling`` on several devices as ``power_refusal``, the warning that one
+problem on every device gives as ``padding_warning``.
 
 Run as a script (``python _llm_worker.py OUT.npz [--coordinator 127.0.0.1:PORT
 --num-processes P --process-id I]``); with ``--coordinator`` it joins a ``jax.distributed``
@@ -16,6 +17,7 @@ job first (gloo CPU collectives) and runs on every device of every process only.
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import jax
@@ -79,6 +81,10 @@ def main() -> None:
             out[f"{tag}_seconds"] = result.wall_time
             if result.log_evidence is not None:
                 out[f"{tag}_log_evidence"] = result.log_evidence
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        llm.run("self_consistency", model, tokenizer, prompts[:1], key=0, num_particles=2)
+    out["padding_warning"] = "; ".join(str(w.message) for w in caught)
     try:
         llm.run("power_sampling", model, tokenizer, prompts[:1], key=0, devices=jax.device_count())
         out["power_refusal"] = "none"

@@ -76,6 +76,12 @@ def test_the_comparison_is_not_vacuous(runs):
     assert not np.allclose(weights, 0.25), "the oracle weighed nothing: nothing was compared"
 
 
+def test_fewer_problems_than_devices_say_so(runs):
+    warning = str(runs["padding_warning"])
+    assert "1 problem(s) over 4 devices: 3 device(s) run padding copies" in warning, warning
+    assert "devices=1" in warning, warning
+
+
 def test_methods_with_their_own_loop_refuse_several_devices(runs):
     refusal = str(runs["power_refusal"])
     assert "power_sampling runs on one device" in refusal and "devices=4" in refusal, refusal
