@@ -125,6 +125,9 @@ def add_commands(commands) -> None:
     solve.add_argument("--checkpoint", type=Path, default=_CHECKPOINTS / "arith",
                        help="the language model (default: the testbed's)")
     solve.add_argument("--batch-size", type=int, default=256, help="rows per batch")
+    solve.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
+                       help="record each finished batch there; the same command again "
+                            "resumes after an interruption")
     solve.add_argument("--devices", type=int, default=None, metavar="N",
                        help="split each batch's problems over the first N devices (default: "
                             "every device; power_sampling and constrained_smc use one)")
@@ -242,7 +245,7 @@ def run_solve(args) -> int:
     result = llm.run(args.method, model, tokenizer, prompts, key=jax.random.key(args.seed),
                      reward=reward, num_particles=args.particles, temperature=args.temperature,
                      answer_fn=tasks.parse_answer, batch_size=args.batch_size,
-                     devices=args.devices, **settings)
+                     devices=args.devices, checkpoint_dir=args.checkpoint_dir, **settings)
     extras, correct = [], []
     for row, answer in zip(rows, result.answers, strict=True):
         problem = _problem_of(row["prompt"])

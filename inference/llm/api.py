@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from ppl.inference.llm import baselines, constrained, filters, gibbs, power, twisted
+from ppl.inference.llm import baselines, constrained, filters, gibbs, power, resume, twisted
 from ppl.inference.llm import population as P
 from ppl.inference.llm.job import Job, MethodOutput
 from ppl.inference.llm.prompts import encode_prompts as _encode
@@ -199,6 +199,7 @@ def run(
     progress_bar: bool | None = None,
     profile: bool = False,
     devices: DevicesLike = None,
+    checkpoint_dir: str | Path | None = None,
     **settings,
 ) -> LMResult:
     """Runs an inference-time-scaling method on many prompts.
@@ -246,6 +247,10 @@ def run(
             the token-level ``twisted_smc`` run on one device (an explicit request for
             several is refused). Under ``jax.distributed`` call ``run`` on every process:
             each gets every problem's result.
+        checkpoint_dir: a directory where each finished batch of problems is recorded
+            (:mod:`~ppl.inference.llm.resume`); calling again with the same arguments after
+            an interruption skips the recorded batches, with the result of an uninterrupted
+            run. A directory holding another run is refused, naming what differs.
         **settings: the method's own (``potential``, ``weight_temperature``, ``select``,
             ``expansions``, ``num_iterations``, ``target_ess``, ``lookahead_tokens``, ...).
 
@@ -325,13 +330,32 @@ def run(
         np.arange(_round_up(len(prompts), groups))
     )
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+    recorded, checkpoint = [], None
+    if checkpoint_dir is not None:
+        checkpoint = resume.open_checkpoint(
+            checkpoint_dir, method=method, prompts=prompts, key=key, model=model,
+            reward=reward, groups=groups,
+            settings={**_run_settings(num_particles, temperature, aggregation, score_clip,
+                                      max_step_tokens, max_steps, max_length, reward),
+                      "stop": repr(stop), "unfinished_score": unfinished_score,
+                      "allow_collapse": allow_collapse, "reward_pass_tokens": reward_pass_tokens,
+                      **settings},
+            multi_process=placement is not None and placement.multi_process)
+        restored = checkpoint.load(np.zeros(()))
+        if restored is not None:
+            recorded = [resume.restore(block) for block in restored[1]]
     outputs, extras = [], []
     timings = {"lm": 0.0, "reward": 0.0, "resample": 0.0, "copy": 0.0} if profile else None
     start = time.perf_counter()
     with ProgressBar(len(prompts) if ProgressBar.wanted(progress_bar) else 0,
                      desc=method) as bar:
-        for first in range(0, len(prompts), groups):
+        for index, first in enumerate(range(0, len(prompts), groups)):
             chunk = list(range(first, min(first + groups, len(prompts))))
+            if index < len(recorded):
+                outputs.append((chunk, recorded[index]))
+                extras.append(recorded[index].extra)
+                bar.update_to(chunk[-1] + 1)
+                continue
             padded = chunk + [chunk[-1]] * (groups - len(chunk))
             ids = np.zeros((groups, width), np.int32)
             lengths = np.array([len(encoded[i]) for i in padded], np.int32)
@@ -347,6 +371,8 @@ def run(
                 labels=[f"{i} ({prompts[i]!r})" for i in padded], timings=timings,
             )
             out = spec.fn(problem_keys[first : first + groups], job, **settings)
+            if checkpoint is not None:
+                checkpoint.save(index, resume.record(out), np.zeros(()))
             outputs.append((chunk, out))
             extras.append(out.extra)
             bar.update_to(chunk[-1] + 1)
@@ -356,13 +382,21 @@ def run(
         timings["smc"] = wall_time - timings["lm"] - timings["reward"]
     return _assemble(method, prompts, outputs, extras, tokenizer, answer_fn, rng, wall_time,
                      timings,
-                     settings={"num_particles": num_particles, "temperature": temperature,
-                               "aggregation": aggregation, "score_clip": score_clip,
-                               "max_step_tokens": max_step_tokens, "max_steps": max_steps,
-                               "max_length": int(max_length), "batch_size": batch_size,
-                               "reward": repr(reward),
+                     settings={**_run_settings(num_particles, temperature, aggregation,
+                                               score_clip, max_step_tokens, max_steps,
+                                               max_length, reward),
+                               "batch_size": batch_size,
                                "devices": 1 if placement is None else placement.num_devices,
-                               **settings})
+                               "resumed_batches": len(recorded), **settings})
+
+
+def _run_settings(num_particles, temperature, aggregation, score_clip, max_step_tokens,
+                  max_steps, max_length, reward) -> dict:
+    """What ran, as ``LMResult.settings`` and a checkpoint's manifest record it."""
+    return {"num_particles": num_particles, "temperature": temperature,
+            "aggregation": aggregation, "score_clip": score_clip,
+            "max_step_tokens": max_step_tokens, "max_steps": max_steps,
+            "max_length": int(max_length), "reward": repr(reward)}
 
 
 # Methods with loops of their own (token by token, or Metropolis-Hastings over blocks): they

@@ -34,6 +34,15 @@ def test_solve_generates_problems_and_names_bad_input(tmp_path, monkeypatch):
                  "--particles", "2", "--num-problems", "3", "--difficulty", "2",
                  "--out", str(out), "--show", "0"]) == 0
     assert len(out.read_text().splitlines()) == 3
+    # --checkpoint-dir: the same command again takes every batch from the directory.
+    argv = ["lm", "solve", "--method", "self_consistency", "--reward", "none", "--particles",
+            "2", "--num-problems", "3", "--difficulty", "2", "--show", "0",
+            "--checkpoint-dir", str(tmp_path / "record")]
+    assert main([*argv, "--out", str(tmp_path / "first.jsonl")]) == 0
+    assert any((tmp_path / "record").glob("block_*.npz"))
+    assert main([*argv, "--out", str(tmp_path / "again.jsonl")]) == 0
+    assert (tmp_path / "again.jsonl").read_text() == (tmp_path / "first.jsonl").read_text()
+    assert (tmp_path / "first.jsonl").read_text() == out.read_text()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "Q 1 +1\\n"}\n{"prompt": \n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
