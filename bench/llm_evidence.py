@@ -2,6 +2,7 @@
 
     python bench/llm_evidence.py             # 40 problems at 8 operations (~30 min on 2 cores)
     python bench/llm_evidence.py --quick     # 8 problems
+    python bench/llm_evidence.py --contenders twisted_learned_16 --twist-dir DIR  # one row
 
 The target is the language model (temperature 1) conditioned on the exact checker's verdict,
 so ``Z = P_LM(the reference solution)``, known exactly by teacher forcing
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +32,10 @@ import jax
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Rows by name: (method, twist, N).
+CONTENDERS = {"smc_16": ("smc", "none", 16), "smc_64": ("smc", "none", 64),
+              "twisted_learned_16": ("twisted_smc", "learned", 16),
+              "twisted_prefix_16": ("twisted_smc", "prefix check", 16)}
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "models" / "lm" / "checkpoints"
 
 
@@ -46,6 +52,10 @@ def main(argv=None) -> int:
     parser.add_argument("--exact-samples", type=int, default=4)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--label", default="cpu")
+    parser.add_argument("--contenders", nargs="*", default=list(CONTENDERS),
+                        choices=list(CONTENDERS), help="which rows (default all)")
+    parser.add_argument("--twist-dir", type=Path, default=CHECKPOINTS / "arith_twist",
+                        help="the learned twist's checkpoint")
     args = parser.parse_args(argv)
     if args.quick:
         args.num_problems = 8
@@ -60,10 +70,10 @@ def main(argv=None) -> int:
     samples, tries = evidence.rejection_samples(
         model, tokenizer, prompts, lambda i, text: text == problems[i].solution(),
         key=jax.random.key(1), num_samples=args.exact_samples, max_tries=4096)
-    learned = twist.load(CHECKPOINTS / "arith_twist", lm_directory=model_dir).reward_model()
-    contenders = [("smc", None, "none", 16), ("smc", None, "none", 64),
-                  ("twisted_smc", learned, "learned", 16),
-                  ("twisted_smc", prm.OracleReward(), "prefix check", 16)]
+    learned = twist.load(args.twist_dir, lm_directory=model_dir).reward_model()
+    twists = {"none": None, "learned": learned, "prefix check": prm.OracleReward()}
+    contenders = [CONTENDERS[name] for name in args.contenders]
+    contenders = [(method, twists[name], name, n) for method, name, n in contenders]
     rows, per_problem = [], {}
     for method, twist_model, twist_name, n in contenders:
         began = time.perf_counter()
@@ -103,6 +113,7 @@ def main(argv=None) -> int:
         "jax": jax.__version__, "load_average_start": start_load, "load_average_end":
         os.getloadavg(), "difficulty": args.difficulty, "num_problems": args.num_problems,
         "runs": args.runs, "exact_samples": args.exact_samples,
+        "twist_dir": str(args.twist_dir), "argv": list(sys.argv[1:] if argv is None else argv),
         "exact_samples_found": [int(len(s)) for s in samples],
         "rejection_tries": [int(t) for t in tries],
         "log_z": log_z.tolist(), "rows": rows, "per_problem": per_problem,
@@ -113,7 +124,8 @@ def main(argv=None) -> int:
     lines = [
         f"# Evidence bounds, {args.num_problems} problems at {args.difficulty} operations",
         "",
-        f"`python bench/llm_evidence.py`; {record['date']}; {record['machine']}; jax "
+        f"`python bench/llm_evidence.py {' '.join(record['argv'])}`".replace(" `", "`")
+        + f"; {record['date']}; {record['machine']}; jax "
         f"{jax.__version__}; load average {start_load[0]:.1f} at the start, "
         f"{record['load_average_end'][0]:.1f} at the end. True log Z by teacher forcing "
         f"(mean {log_z.mean():.2f}); {args.runs} runs per bound; upper bounds around "
